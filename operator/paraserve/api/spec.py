@@ -1,0 +1,316 @@
+"""The desired state of an InferenceDeployment: model, parallelism, pool, worker, SLO."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from paraserve.api.base import SpecModel
+from paraserve.api.constants import DEFAULT_GPU_RESOURCE
+from paraserve.api.units import Bytes, Dtype, Duration, ParameterCount
+
+GiB = 2**30
+
+# Lets the API server default a nested object, so its own field defaults apply.
+_EMPTY: dict[str, Any] = {"default": {}}
+
+
+class Architecture(SpecModel):
+    """Transformer shape. Complete (numLayers, hiddenSize, numAttentionHeads, intermediateSize,
+    vocabSize) selects the exact memory model; a partial one still lets the planner check
+    layers per stage and head divisibility."""
+
+    num_layers: int | None = Field(None, ge=1, description="Decoder layers (L).")
+    hidden_size: int | None = Field(None, ge=1, description="Hidden size (H).")
+    num_attention_heads: int | None = Field(None, ge=1, description="Attention heads (A).")
+    num_key_value_heads: int | None = Field(
+        None,
+        ge=1,
+        description="Key/value heads (grouped-query attention). Default: numAttentionHeads.",
+    )
+    head_dim: int | None = Field(
+        None,
+        ge=1,
+        description="Dimension of one head (d). Default: hiddenSize / numAttentionHeads.",
+    )
+    intermediate_size: int | None = Field(None, ge=1, description="MLP intermediate size (I).")
+    vocab_size: int | None = Field(None, ge=1, description="Vocabulary size (V).")
+    tie_word_embeddings: bool = Field(
+        False, description="The LM head shares the embedding matrix (saved only when pipeline = 1)."
+    )
+
+    @property
+    def is_complete(self) -> bool:
+        """All fields the exact memory model needs are given."""
+        return None not in (
+            self.num_layers,
+            self.hidden_size,
+            self.num_attention_heads,
+            self.intermediate_size,
+            self.vocab_size,
+        )
+
+    @property
+    def kv_heads(self) -> int | None:
+        """Key/value heads, defaulting to the attention heads (multi-head attention)."""
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def effective_head_dim(self) -> int | None:
+        """Head dimension, defaulting to hiddenSize / numAttentionHeads."""
+        if self.head_dim is not None:
+            return self.head_dim
+        if self.hidden_size and self.num_attention_heads:
+            return self.hidden_size // self.num_attention_heads
+        return None
+
+
+class ModelSpec(SpecModel):
+    """The model served, its numeric types and its size."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.parameters) || (has(self.architecture)"
+                    " && has(self.architecture.numLayers) && has(self.architecture.hiddenSize)"
+                    " && has(self.architecture.numAttentionHeads)"
+                    " && has(self.architecture.intermediateSize)"
+                    " && has(self.architecture.vocabSize))",
+                    "message": "give model.parameters (coarse mode) or a complete"
+                    " model.architecture (exact mode)",
+                }
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, description="Model name, e.g. a Hugging Face id.")
+    dtype: Dtype = Field(Dtype.BFLOAT16, description="Weight type; bytes 4/2/2/1/1/0.5.")
+    kv_cache_dtype: Dtype | None = Field(None, description="KV cache type. Default: dtype.")
+    architecture: Architecture | None = Field(
+        None, description="Transformer shape; complete means exact memory mode."
+    )
+    parameters: ParameterCount | None = Field(
+        None,
+        description="Parameter count for coarse mode: 7B, 8.03B, 70e9, 405B or an integer.",
+    )
+
+    @model_validator(mode="after")
+    def _needs_size(self) -> ModelSpec:
+        if self.parameters is None and not (self.architecture and self.architecture.is_complete):
+            raise ValueError(
+                "give model.parameters (coarse mode) or a complete model.architecture "
+                "(numLayers, hiddenSize, numAttentionHeads, intermediateSize, vocabSize)"
+            )
+        return self
+
+    @property
+    def kv_dtype(self) -> Dtype:
+        return self.kv_cache_dtype or self.dtype
+
+    @property
+    def exact(self) -> bool:
+        """Exact memory mode: the architecture is complete."""
+        return self.architecture is not None and self.architecture.is_complete
+
+
+class Parallelism(SpecModel):
+    """Degrees of parallelism per replica; ranks = pipeline × tensor, one GPU each."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.sequence == 1 || self.sequence == self.tensor",
+                    "message": "sequence must be 1 or equal to tensor: sequence parallelism"
+                    " shards activations inside the tensor-parallel group",
+                }
+            ]
+        }
+    )
+
+    pipeline: int = Field(
+        1, ge=1, description="Pipeline stages (PP); layers are split across them."
+    )
+    tensor: int = Field(1, ge=1, description="Tensor-parallel degree (TP): GPUs per stage.")
+    sequence: int = Field(
+        1,
+        ge=1,
+        description="Sequence-parallel degree (SP), 1 or tensor: shards activations inside the"
+        " tensor-parallel group and adds no GPUs.",
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Ranks per replica."""
+        return self.pipeline * self.tensor
+
+
+class Serving(SpecModel):
+    """The load each replica is sized for (drives KV cache and activation memory)."""
+
+    max_batch_size: int = Field(1, ge=1, description="Concurrent sequences per replica.")
+    max_sequence_length: int = Field(
+        4096, ge=1, description="Longest sequence (prompt + generated tokens)."
+    )
+
+
+class GpuSpec(SpecModel):
+    """The GPU each rank gets."""
+
+    resource_name: str = Field(
+        DEFAULT_GPU_RESOURCE, min_length=1, description="Extended resource that counts GPUs."
+    )
+    memory: Bytes | None = Field(
+        None,
+        description="Memory of one GPU (80Gi, 80G, 81559Mi). Default: the smallest"
+        " nvidia.com/gpu.memory node label (MiB) in the pool.",
+    )
+    max_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="Largest fraction of GPU memory one rank may plan to use."
+    )
+
+
+class MemorySpec(SpecModel):
+    """Memory the model does not account for."""
+
+    overhead_per_gpu: Bytes = Field(
+        GiB, description="Runtime reserve added to every GPU (CUDA context, allocator, buffers)."
+    )
+
+
+class TolerationOperator(enum.StrEnum):
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class Toleration(SpecModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(None, description="Taint key; empty with Exists tolerates every taint.")
+    operator: TolerationOperator = Field(TolerationOperator.EQUAL, description="Exists or Equal.")
+    value: str | None = Field(None, description="Taint value matched by Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="How long a NoExecute taint is tolerated."
+    )
+
+    def tolerates(self, taint: dict[str, Any]) -> bool:
+        """Kubernetes' matching rule for one taint."""
+        if self.effect and self.effect != taint.get("effect"):
+            return False
+        if not self.key:
+            return self.operator is TolerationOperator.EXISTS
+        if self.key != taint.get("key"):
+            return False
+        if self.operator is TolerationOperator.EXISTS:
+            return True
+        return (self.value or "") == (taint.get("value") or "")
+
+
+class Placement(SpecModel):
+    """Which nodes form the pool and how ranks are laid out on them."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels a node must carry to be in the pool."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints the ranks tolerate."
+    )
+    tensor_parallel_within_node: bool = Field(
+        True, description="Keep each tensor-parallel group on one node (NVLink, not network)."
+    )
+
+
+class WorkerSpec(SpecModel):
+    """The rank container; the operator adds the one GPU and the rank environment."""
+
+    image: str | None = Field(None, description="Image. Default: the operator's worker image.")
+    command: list[str] | None = Field(None, description="Entrypoint override.")
+    args: list[str] | None = Field(None, description="Arguments.")
+    env: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra environment (core/v1 EnvVar objects)."
+    )
+    resources: dict[str, Any] = Field(
+        default_factory=dict,
+        description="core/v1 ResourceRequirements for cpu/memory; the operator adds the GPU.",
+    )
+
+
+class MetricsProfile(enum.StrEnum):
+    """Which metric names the ranks expose."""
+
+    PARASERVE = "paraserve"
+    VLLM = "vllm"
+    SGLANG = "sglang"
+
+
+class MetricsSpec(SpecModel):
+    """Where each rank serves Prometheus metrics."""
+
+    port: int = Field(9400, ge=1, le=65535, description="Metrics port on every rank.")
+    path: str = Field("/metrics", pattern=r"^/", description="HTTP path of the metrics.")
+    profile: MetricsProfile = Field(
+        MetricsProfile.PARASERVE, description="Metric names to read: paraserve, vllm or sglang."
+    )
+
+
+class SloSpec(SpecModel):
+    """Service-level objectives checked against measured metrics (condition MeetsSLO)."""
+
+    prefill_p99: Duration | None = Field(
+        None, description="Largest P99 prefill latency: 1s, 800ms or seconds."
+    )
+    decode_p99_per_token: Duration | None = Field(
+        None, description="Largest P99 decode latency per token: 100ms or seconds."
+    )
+    min_throughput_rps: float | None = Field(
+        None, alias="minThroughputRPS", ge=0, description="Smallest throughput, requests/second."
+    )
+
+
+class InferenceDeploymentSpec(SpecModel):
+    """A model served by replicas × pipeline × tensor GPUs, one rank per GPU."""
+
+    model: ModelSpec = Field(description="The model and its size.")
+    parallelism: Parallelism = Field(
+        default_factory=Parallelism,
+        json_schema_extra=_EMPTY,
+        description="Pipeline, tensor and sequence degrees.",
+    )
+    replicas: int = Field(
+        1, ge=0, description="Independent copies (data parallel); each is one gang of ranks."
+    )
+    serving: Serving = Field(
+        default_factory=Serving, json_schema_extra=_EMPTY, description="Batch and sequence sizing."
+    )
+    gpu: GpuSpec = Field(
+        default_factory=GpuSpec, json_schema_extra=_EMPTY, description="The GPU of each rank."
+    )
+    memory: MemorySpec = Field(
+        default_factory=MemorySpec, json_schema_extra=_EMPTY, description="Per-GPU reserve."
+    )
+    placement: Placement = Field(
+        default_factory=Placement, json_schema_extra=_EMPTY, description="Node pool and layout."
+    )
+    worker: WorkerSpec = Field(
+        default_factory=WorkerSpec, json_schema_extra=_EMPTY, description="The rank container."
+    )
+    metrics: MetricsSpec = Field(
+        default_factory=MetricsSpec,
+        json_schema_extra=_EMPTY,
+        description="Metrics endpoint of each rank.",
+    )
+    slo: SloSpec = Field(
+        default_factory=SloSpec,
+        json_schema_extra=_EMPTY,
+        description="Latency and throughput targets.",
+    )
+
+    @property
+    def gpus_required(self) -> int:
+        return self.replicas * self.parallelism.world_size

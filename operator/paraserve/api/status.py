@@ -1,0 +1,126 @@
+"""The observed state of an InferenceDeployment, written by the operator."""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+from pydantic import Field
+
+from paraserve.api.base import WireModel
+from paraserve.api.plan import MemoryBreakdown, Plan, Stage
+from paraserve.api.units import format_bytes
+
+
+class Phase(enum.StrEnum):
+    """Lifecycle of a deployment."""
+
+    PENDING = "Pending"  # seen, not planned yet
+    REJECTED = "Rejected"  # the plan is infeasible; nothing is created
+    WAITING = "Waiting"  # feasible, but not enough free GPUs now
+    SCHEDULING = "Scheduling"  # pods created, not all running
+    RUNNING = "Running"  # all pods running, not all ranks ready
+    READY = "Ready"  # every rank ready
+    DEGRADED = "Degraded"  # a replica is being recreated or an SLO is missed
+    FAILED = "Failed"  # gave up
+
+
+class ConditionType(enum.StrEnum):
+    VALIDATED = "Validated"
+    SCHEDULED = "Scheduled"
+    READY = "Ready"
+    MEETS_SLO = "MeetsSLO"
+
+
+class Condition(WireModel):
+    """A Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(description="Validated, Scheduled, Ready or MeetsSLO.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="A DESIGN code or a CamelCase reason.")
+    message: str = Field("", description="For a person; shows the arithmetic.")
+    last_transition_time: str | None = Field(
+        None, description="RFC 3339 time the status last changed."
+    )
+    observed_generation: int | None = Field(
+        None, description="metadata.generation the condition was computed for."
+    )
+
+
+class PlanStatus(WireModel):
+    """The plan the operator deploys: stages and the estimated memory of the worst rank."""
+
+    stages: list[Stage] = Field(default_factory=list, description="Pipeline stages of a replica.")
+    memory: MemoryBreakdown | None = Field(None, description="Estimated worst-rank memory.")
+    utilization: float | None = Field(None, description="Estimated memory / GPU memory.")
+    mode: Literal["exact", "coarse"] | None = Field(None, description="Memory model used.")
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> PlanStatus:
+        return cls(
+            stages=plan.stages,
+            memory=plan.memory,
+            utilization=plan.memory.utilization,
+            mode="exact" if plan.exact else "coarse",
+        )
+
+
+class RanksStatus(WireModel):
+    """Rank readiness over all replicas."""
+
+    ready: int = Field(0, ge=0, description="Ranks whose pod is ready.")
+    total: int = Field(0, ge=0, description="Ranks desired: replicas × pipeline × tensor.")
+    summary: str = Field("0/0", description="ready/total, for the READY column.")
+
+    @classmethod
+    def of(cls, ready: int, total: int) -> RanksStatus:
+        return cls(ready=ready, total=total, summary=f"{ready}/{total}")
+
+
+class MeasuredStatus(WireModel):
+    """Read from the ranks' metrics endpoints; never copied from the estimate."""
+
+    max_memory_bytes_per_gpu: int | None = Field(None, description="Largest GPU memory in use.")
+    memory_utilization: float | None = Field(None, description="That memory / GPU memory.")
+    prefill_p99_seconds: float | None = Field(None, description="P99 prefill latency.")
+    decode_p99_per_token_seconds: float | None = Field(
+        None, description="P99 decode latency per token."
+    )
+    throughput_rps: float | None = Field(None, description="Completed requests per second.")
+    sampled_at: str | None = Field(None, description="RFC 3339 time of the sample.")
+    ranks_scraped: int = Field(0, ge=0, description="Ranks whose metrics were read.")
+    ranks_unreachable: int = Field(0, ge=0, description="Ranks whose metrics could not be read.")
+
+
+class InferenceDeploymentStatus(WireModel):
+    """What the operator observed and decided."""
+
+    observed_generation: int | None = Field(None, description="Generation this status is for.")
+    phase: Phase | None = Field(None, description="Lifecycle phase.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Validated, Scheduled, Ready, MeetsSLO."
+    )
+    world_size: int | None = Field(None, description="Ranks per replica.")
+    gpus_required: int | None = Field(None, description="replicas × pipeline × tensor.")
+    gpus_free: int | None = Field(None, description="Free GPUs in the pool at the last plan.")
+    replicas: int | None = Field(None, description="Replicas with pods (scale subresource).")
+    selector: str | None = Field(
+        None, description="Label selector of the rank pods (scale subresource)."
+    )
+    plan: PlanStatus | None = Field(None, description="The plan deployed.")
+    ranks: RanksStatus | None = Field(None, description="Ready ranks over total.")
+    restarts: int = Field(0, ge=0, description="Times a replica was recreated as a gang.")
+    measured: MeasuredStatus | None = Field(None, description="Measured memory and latency.")
+    memory: str | None = Field(
+        None,
+        description="MEM column: measured worst-GPU memory over GPU memory, or the estimate"
+        " prefixed with ~ before any rank was measured.",
+    )
+
+
+def memory_column(used_bytes: int, gpu_bytes: int | None, *, estimated: bool) -> str:
+    """Text of the MEM printer column: ``34.25 GB/80 GB (42.8%)``, ``~`` when estimated."""
+    text = format_bytes(used_bytes)
+    if gpu_bytes:
+        text += f"/{format_bytes(gpu_bytes)} ({used_bytes / gpu_bytes * 100:.1f}%)"
+    return f"~{text}" if estimated else text
