@@ -1,0 +1,1 @@
+"""Local Kubernetes control plane built from Go modules, with fake GPU nodes, for tests."""

@@ -1,0 +1,182 @@
+"""Command line: `python -m e2e.cluster build|up|down|status|gomod`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from e2e.cluster import build, gomod, processes
+from e2e.cluster.build import cache_root
+from e2e.cluster.controlplane import ControlPlane
+
+
+def _up_dir() -> Path:
+    """State of the cluster `up` started: its supervisor's pid and a stable kubeconfig path."""
+    path = cache_root() / "up"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _up_state() -> dict[str, object] | None:
+    state_file = _up_dir() / "state.json"
+    try:
+        state: dict[str, object] = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return None
+    pid, started = state.get("pid"), state.get("start")
+    start = started if isinstance(started, int) else None
+    if isinstance(pid, int) and processes.is_alive(pid, start):
+        return state
+    state_file.unlink(missing_ok=True)
+    return None
+
+
+def _export_line(kubeconfig: object) -> str:
+    return f"export KUBECONFIG={kubeconfig}"
+
+
+def cmd_build(_: argparse.Namespace) -> int:
+    build.build_all()
+    return 0
+
+
+def cmd_gomod(args: argparse.Namespace) -> int:
+    gomod.generate_all(args.components or None)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run a cluster in the foreground until SIGTERM/SIGINT (what `up` starts in the background)."""
+    plane = ControlPlane()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        started = time.monotonic()
+        plane.start()
+        kubeconfig = _up_dir() / "kubeconfig"
+        shutil.copyfile(plane.kubeconfig, kubeconfig)
+        state = {
+            "pid": os.getpid(),
+            "start": processes.start_time(os.getpid()),
+            "server": plane.server,
+            "kubeconfig": str(kubeconfig),
+            "bin_dir": str(plane.bin_dir),
+            "workdir": str(plane.workdir),
+            "start_seconds": round(time.monotonic() - started, 1),
+        }
+        (_up_dir() / "state.json").write_text(json.dumps(state, indent=2))
+        print(json.dumps(state), flush=True)
+        while True:
+            signal.pause()
+    finally:
+        plane.stop()
+        (_up_dir() / "state.json").unlink(missing_ok=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if (state := _up_state()) is None:
+        build.build_all()
+        log = _up_dir() / "serve.log"
+        with open(log, "w") as out:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "e2e.cluster", "serve"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command, on purpose
+            )
+        deadline = time.monotonic() + args.timeout
+        while (state := _up_state()) is None:
+            if serve.poll() is not None or time.monotonic() > deadline:
+                print(log.read_text()[-4000:], file=sys.stderr)
+                print("cluster failed to start", file=sys.stderr)
+                return 1
+            time.sleep(0.3)
+        print(f"cluster up in {state['start_seconds']}s: {state['server']}", file=sys.stderr)
+    else:
+        print(f"cluster already up: {state['server']}", file=sys.stderr)
+    print(_export_line(state["kubeconfig"]))
+    print(f"export PATH={state['bin_dir']}:$PATH")
+    return 0
+
+
+def cmd_down(_: argparse.Namespace) -> int:
+    state = _up_state()
+    if state is not None:
+        pid = state["pid"]
+        assert isinstance(pid, int)
+        started = state.get("start")
+        processes.kill_groups([(pid, started if isinstance(started, int) else None)], grace=30)
+        print(f"stopped cluster at {state['server']}", file=sys.stderr)
+    else:
+        print("no cluster was up", file=sys.stderr)
+    reaped = processes.reap_stale()
+    if reaped:
+        print(f"cleaned up stale runs: {', '.join(reaped)}", file=sys.stderr)
+    (_up_dir() / "kubeconfig").unlink(missing_ok=True)
+    return 0
+
+
+def cmd_status(_: argparse.Namespace) -> int:
+    state = _up_state()
+    if state is None:
+        print("up: no cluster")
+    else:
+        print(f"up: {state['server']}  (supervisor pid {state['pid']})")
+        print(f"    {_export_line(state['kubeconfig'])}")
+    for record in processes.live_runs():
+        total = 0
+        names = []
+        for proc in record.processes:
+            alive = processes.is_alive(proc.pid, proc.start)
+            names.append(f"{proc.name}={proc.pid}{'' if alive else '(dead)'}")
+            total += _rss(proc.pid) if alive else 0
+        print(f"run {record.run_id} owner {record.owner_pid}: {' '.join(names)}")
+        print(f"    workdir {record.workdir}  rss {total / 2**20:.0f} MiB")
+    missing = build.missing()
+    print("binaries: " + ("all present" if not missing else f"missing {', '.join(missing)}"))
+    return 0
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build", help="build or reuse every binary").set_defaults(func=cmd_build)
+    up = sub.add_parser("up", help="start a cluster in the background; prints KUBECONFIG")
+    up.add_argument("--timeout", type=float, default=300)
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the cluster `up` started").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="show running clusters").set_defaults(func=cmd_status)
+    sub.add_parser("serve", help="run a cluster in the foreground").set_defaults(func=cmd_serve)
+    gen = sub.add_parser("gomod", help="regenerate go/*/go.mod and go.sum from upstream")
+    gen.add_argument("components", nargs="*")
+    gen.set_defaults(func=cmd_gomod)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Start and stop etcd, the Kubernetes control plane and kwok as local child processes."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e.cluster import build, processes
+from e2e.cluster.components import KUBERNETES_VERSION
+from e2e.cluster.kubeconfig import write_kubeconfig
+from e2e.cluster.pki import Pki, make_pki
+
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+POD_CIDR = "10.244.0.1/16"
+# kwok manages only the nodes we mark as fake: a test can never fake a node by accident.
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+
+
+class ClusterStartError(RuntimeError):
+    """A component did not become healthy; the message carries the end of its log."""
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel considers free now; held open together so they are distinct."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def allocate(cls) -> Ports:
+        return cls(*free_ports(6))
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ControlPlane:
+    """One local cluster: its working directory, its processes and how to reach it."""
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"paraserve-cluster-{self.run_id}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.bin_dir = self.workdir / "bin"
+        self.logs_dir = self.workdir / "logs"
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.ports = Ports.allocate()
+        self.server = f"https://127.0.0.1:{self.ports.apiserver}"
+        self.version = KUBERNETES_VERSION
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._record = processes.RunRecord(
+            run_id=self.run_id,
+            owner_pid=os.getpid(),
+            owner_start=processes.start_time(os.getpid()),
+            workdir=str(self.workdir),
+        )
+        self._stopped = False
+        self._pki: Pki | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self, timeout: float = 180.0) -> ControlPlane:
+        """Start every component in dependency order and wait until each is healthy."""
+        processes.reap_stale()
+        self._record.save()
+        atexit.register(self.stop)
+        try:
+            self._prepare()
+            deadline = time.monotonic() + timeout
+            self._start_etcd(deadline)
+            self._start_apiserver(deadline)
+            self._start_controller_manager(deadline)
+            self._start_scheduler(deadline)
+            self._start_kwok(deadline)
+            self._wait_for_default_service_account(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process and remove the working directory; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        processes.release(self._record)
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self._record.processes}
+
+    def rss_bytes(self) -> dict[str, int]:
+        """Resident memory of each component now, from /proc."""
+        result = {}
+        for name, pid in self.pids().items():
+            with contextlib.suppress(OSError, ValueError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        result[name] = int(line.split()[1]) * 1024
+        return result
+
+    def env(self) -> dict[str, str]:
+        """Environment in which kubectl and helm talk to this cluster and touch nothing else."""
+        helm_home = self.workdir / "helm"
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "HELM_CACHE_HOME": str(helm_home / "cache"),
+            "HELM_CONFIG_HOME": str(helm_home / "config"),
+            "HELM_DATA_HOME": str(helm_home / "data"),
+        }
+
+    # -- components ----------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        for directory in (self.bin_dir, self.logs_dir):
+            directory.mkdir(exist_ok=True)
+        for name, path in build.binaries().items():
+            if not path.is_file():
+                raise ClusterStartError(
+                    f"{name} not found at {path}; run `python -m e2e.cluster build`"
+                )
+            (self.bin_dir / name).symlink_to(path)
+        self._pki = make_pki(self.workdir / "pki")
+        write_kubeconfig(self.kubeconfig, self.server, self._pki)
+
+    @property
+    def pki(self) -> Pki:
+        assert self._pki is not None, "cluster not started"
+        return self._pki
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        argv = [str(self.bin_dir / name), *args]
+        self._procs[name] = processes.spawn(
+            self._record, name, argv, self.logs_dir / f"{name}.log", env
+        )
+
+    def _wait(self, name: str, probe: Callable[[], bool], deadline: float) -> None:
+        proc = self._procs[name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ClusterStartError(
+                    f"{name} exited with {proc.returncode}:\n"
+                    f"{_log_tail(self.logs_dir / f'{name}.log')}"
+                )
+            if probe():
+                return
+            time.sleep(0.2)
+        raise ClusterStartError(
+            f"{name} not healthy in time:\n{_log_tail(self.logs_dir / f'{name}.log')}"
+        )
+
+    def _start_etcd(self, deadline: float) -> None:
+        client = f"http://127.0.0.1:{self.ports.etcd_client}"
+        peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
+        self._spawn(
+            "etcd",
+            [
+                f"--data-dir={self.workdir / 'etcd'}",
+                "--name=default",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=default={peer}",
+                # A test cluster: durability is worth nothing, speed is.
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+        )
+        self._wait("etcd", lambda: _get(f"{client}/health") is not None, deadline)
+
+    def _start_apiserver(self, deadline: float) -> None:
+        pki = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.ports.apiserver}",
+                f"--cert-dir={self.workdir / 'apiserver'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--authorization-mode=Node,RBAC",
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self._wait("kube-apiserver", lambda: self._api_get("/readyz") == b"ok", deadline)
+
+    def _component_args(self, port: int, name: str) -> list[str]:
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={self.workdir / name}",
+            "--leader-elect=false",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _start_controller_manager(self, deadline: float) -> None:
+        pki = self.pki
+        port = self.ports.controller_manager
+        self._spawn(
+            "kube-controller-manager",
+            [
+                *self._component_args(port, "kube-controller-manager"),
+                "--controllers=*",
+                # Each controller acts under its own service account, as in a real cluster.
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--cluster-signing-cert-file={pki.ca_cert}",
+                f"--cluster-signing-key-file={pki.ca_key}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            ],
+        )
+        url = f"https://127.0.0.1:{port}/healthz"
+        self._wait("kube-controller-manager", lambda: _get(url) == b"ok", deadline)
+
+    def _start_scheduler(self, deadline: float) -> None:
+        port = self.ports.scheduler
+        self._spawn("kube-scheduler", self._component_args(port, "kube-scheduler"))
+        url = f"https://127.0.0.1:{port}/healthz"
+        self._wait("kube-scheduler", lambda: _get(url) == b"ok", deadline)
+
+    def _start_kwok(self, deadline: float) -> None:
+        stages = self.workdir / "kwok-stages.yaml"
+        stages.write_text("\n---\n".join(p.read_text() for p in build.kwok_stages()))
+        key, value = KWOK_NODE_ANNOTATION
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={stages}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={key}={value}",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=127.0.0.1",
+                "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{self.ports.kwok}",
+            ],
+            # kwok reads ~/.kwok/kwok.yaml when it exists: keep it out of a user's own config.
+            env={**os.environ, "HOME": str(self.workdir)},
+        )
+        url = f"https://127.0.0.1:{self.ports.kwok}/healthz"
+        self._wait("kwok", lambda: _get(url) is not None, deadline)
+
+    def _wait_for_default_service_account(self, deadline: float) -> None:
+        # Pods are rejected until the service-account controller has made "default".
+        path = "/api/v1/namespaces/default/serviceaccounts/default"
+        self._wait("kube-controller-manager", lambda: self._api_get(path) is not None, deadline)
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    def _api_get(self, path: str) -> bytes | None:
+        pki = self.pki
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        context.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        return _get(self.server + path, context)
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> bytes | None:
+    """The body of a 200 answer, or None for anything else."""
+    if context is None and url.startswith("https:"):
+        # Components serve self-signed certificates on loopback; only liveness is asked.
+        context = ssl._create_unverified_context()
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            body: bytes = response.read()
+            return body if response.status == 200 else None
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return None
