@@ -92,11 +92,20 @@ class LocalCluster:
     ) -> subprocess.CompletedProcess[str]:
         return self.run("helm", *args, check=check, input=input, timeout=timeout)
 
-    def apply(self, *objects: Mapping[str, Any] | str) -> subprocess.CompletedProcess[str]:
+    def apply(
+        self, *objects: Mapping[str, Any] | str, namespace: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """`kubectl apply` objects given as dicts or YAML text (server-side apply)."""
         docs = [o if isinstance(o, str) else yaml.safe_dump(dict(o)) for o in objects]
+        scope = ["-n", namespace] if namespace else []
         return self.kubectl(
-            "apply", "--server-side", "--force-conflicts", "-f", "-", input="\n---\n".join(docs)
+            "apply",
+            *scope,
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+            input="\n---\n".join(docs),
         )
 
     def get(self, kind: str, name: str = "", namespace: str | None = None) -> dict[str, Any]:
