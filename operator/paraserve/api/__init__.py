@@ -16,7 +16,13 @@ from paraserve.api.constants import (
     SINGULAR,
     VERSION,
 )
-from paraserve.api.plan import Finding, MemoryBreakdown, Plan, Stage
+from paraserve.api.documents import (
+    DocumentError,
+    load_deployment,
+    load_nodes_and_pods,
+    parse_documents,
+)
+from paraserve.api.plan import Check, Finding, MemoryBreakdown, Plan, Stage
 from paraserve.api.resource import InferenceDeployment
 from paraserve.api.spec import (
     Architecture,
@@ -49,6 +55,7 @@ from paraserve.api.units import (
     Duration,
     ParameterCount,
     format_bytes,
+    format_count,
     format_percent,
     parse_bytes,
     parse_count,
@@ -68,8 +75,10 @@ __all__ = [
     "VERSION",
     "Architecture",
     "Bytes",
+    "Check",
     "Condition",
     "ConditionType",
+    "DocumentError",
     "Dtype",
     "Duration",
     "Finding",
@@ -99,9 +108,13 @@ __all__ = [
     "WorkerSpec",
     "describe_validation_error",
     "format_bytes",
+    "format_count",
     "format_percent",
+    "load_deployment",
+    "load_nodes_and_pods",
     "memory_column",
     "parse_bytes",
     "parse_count",
+    "parse_documents",
     "parse_duration",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import ConfigDict, Field
 
 from paraserve.api.base import WireModel
@@ -16,6 +18,18 @@ class Finding(FrozenWire):
 
     code: str = Field(description="Machine-readable reason, e.g. InsufficientGPUs.")
     message: str = Field(description="What is wrong, with the arithmetic.")
+
+
+class Check(FrozenWire):
+    """One rule of DESIGN.md as evaluated: passed, failed (error), warning or skipped."""
+
+    code: str = Field(description="The DESIGN code of the rule.")
+    outcome: Literal["passed", "failed", "warning", "skipped"] = Field(description="Result.")
+    message: str = Field(description="The arithmetic behind the outcome.")
+
+    @property
+    def finding(self) -> Finding:
+        return Finding(code=self.code, message=self.message)
 
 
 class Stage(FrozenWire):
@@ -57,6 +71,8 @@ class Plan(FrozenWire):
     # Per-stage worst-rank memory for the text report; not part of the JSON contract.
     stage_memory: list[MemoryBreakdown] = Field(default_factory=list, exclude=True)
     exact: bool = Field(default=False, exclude=True)
+    checks: list[Check] = Field(default_factory=list, exclude=True)
+    worst_stage: int = Field(default=0, exclude=True)
 
     def to_json(self) -> dict[str, object]:
         """Exactly DESIGN.md's JSON object (camelCase; nulls kept)."""

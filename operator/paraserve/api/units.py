@@ -158,9 +158,17 @@ def format_bytes(value: float, unit: str = "GB") -> str:
     return f"{_trim(value / scale)} {unit}"
 
 
+def format_count(count: int) -> str:
+    """A parameter count as model cards write it: 70000000000 → 70B, 8030000000 → 8.03B."""
+    for suffix, scale in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if count >= scale:
+            return f"{_trim(count / scale)}{suffix}"
+    return str(count)
+
+
 def format_percent(fraction: float) -> str:
-    """A fraction as a percentage with one decimal: 0.428125 → 42.8 %."""
-    return f"{fraction * 100:.1f} %"
+    """A fraction as a percentage with one decimal: 0.428125 → 42.8 %, 0.85 → 85 %."""
+    return f"{fraction * 100:.1f}".removesuffix(".0") + " %"
 
 
 def _trim(number: float) -> str:

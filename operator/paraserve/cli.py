@@ -1,0 +1,142 @@
+"""The ``paraserve`` command: argument parsing only; each subcommand registers itself.
+
+To add a subcommand, write ``register_<name>(subcommands)`` that adds a parser and sets
+``run`` to a function of the parsed arguments returning the exit status, and list it in
+``COMMANDS``. Imports happen inside ``run`` so ``paraserve plan`` never loads kopf or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
+
+Subcommands = Any  # argparse's _SubParsersAction, which is private
+
+
+class BadInput(Exception):
+    """Input the command cannot use: exit 2 with this one line on stderr."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def register_plan(subcommands: Subcommands) -> None:
+    parser = subcommands.add_parser(
+        "plan",
+        help="check a deployment against a node pool, offline",
+        description="Plan an InferenceDeployment against the nodes and pods of a cluster."
+        " Exit 0 when feasible, 1 when not, 2 on bad input.",
+    )
+    parser.add_argument(
+        "-f", "--filename", required=True, metavar="DEPLOYMENT.yaml",
+        help="the InferenceDeployment ('-' for stdin)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--nodes", required=True, metavar="NODES.yaml",
+        help="output of `kubectl get nodes,pods -A -o yaml`, or a stream of Node and Pod documents",
+    )  # fmt: skip
+    parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--suggest", action="store_true",
+        help="also list every strategy (PP, TP, SP) that fits the pool, best first",
+    )  # fmt: skip
+    parser.set_defaults(run=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from paraserve.api import DocumentError, load_deployment, load_nodes_and_pods
+    from paraserve.planner import Pool, plan, suggest
+    from paraserve.planner.report import render, render_suggestions
+
+    try:
+        deployment = load_deployment(_read(args.filename), args.filename)
+        nodes, pods = load_nodes_and_pods(_read(args.nodes), args.nodes)
+    except DocumentError as error:
+        raise BadInput(str(error)) from None
+    pool = Pool.from_objects(nodes, pods, deployment.spec)
+    verdict = plan(deployment.spec, pool)
+    options = suggest(deployment.spec, pool) if args.suggest else None
+    if args.output == "json":
+        document = verdict.to_json()
+        if options is not None:
+            document["suggestions"] = [s.model_dump(mode="json", by_alias=True) for s in options]
+        print(json.dumps(document, ensure_ascii=False))
+    else:
+        sys.stdout.write(render(deployment, verdict))
+        if options is not None:
+            p = deployment.spec.parallelism
+            asked = f"PP={p.pipeline} × TP={p.tensor} × SP={p.sequence}"
+            sys.stdout.write("\n" + render_suggestions(options, asked))
+    return EXIT_OK if verdict.feasible else EXIT_INFEASIBLE
+
+
+def register_crd(subcommands: Subcommands) -> None:
+    parser = subcommands.add_parser(
+        "crd",
+        help="print the InferenceDeployment CRD (generated from paraserve.api)",
+        description="Print the CustomResourceDefinition YAML; `kubectl apply -f -` takes it.",
+    )
+    parser.set_defaults(run=run_crd)
+
+
+def run_crd(args: argparse.Namespace) -> int:
+    from paraserve.api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return EXIT_OK
+
+
+#: One entry per subcommand; adding one is adding a register function here.
+COMMANDS: list[Callable[[Subcommands], None]] = [register_plan, register_crd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from paraserve import __version__
+
+    parser = _Parser(
+        prog="paraserve",
+        description="Plan, deploy and measure pipeline/tensor/sequence-parallel LLM inference.",
+    )
+    parser.add_argument("--version", action="version", version=f"paraserve {__version__}")
+    subcommands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    for register in COMMANDS:
+        register(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except BadInput as error:
+        print(f"paraserve {args.command}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        return EXIT_OK  # `paraserve plan … | head` is not an error
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise BadInput(f"cannot read {path}: {reason}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""The codes of DESIGN.md, in the order the planner checks them."""
+
+from typing import Final
+
+INVALID_PARALLELISM: Final = "InvalidParallelism"
+NO_MATCHING_NODES: Final = "NoMatchingNodes"
+TENSOR_PARALLEL_EXCEEDS_NODE: Final = "TensorParallelExceedsNode"
+INSUFFICIENT_GPUS: Final = "InsufficientGPUs"
+MEMORY_LIMIT_EXCEEDED: Final = "MemoryLimitExceeded"
+UNKNOWN_GPU_MEMORY: Final = "UnknownGPUMemory"
+INSUFFICIENT_FREE_GPUS: Final = "InsufficientFreeGPUs"
+
+#: Errors make a plan infeasible; the others are warnings.
+ERRORS: Final = (
+    INVALID_PARALLELISM,
+    NO_MATCHING_NODES,
+    TENSOR_PARALLEL_EXCEEDS_NODE,
+    INSUFFICIENT_GPUS,
+    MEMORY_LIMIT_EXCEEDED,
+)
+WARNINGS: Final = (UNKNOWN_GPU_MEMORY, INSUFFICIENT_FREE_GPUS)

@@ -1,0 +1,113 @@
+"""plan(spec, pool) → Plan: every rule of DESIGN.md in its order, with the memory model."""
+
+from __future__ import annotations
+
+from paraserve.api import Check, InferenceDeploymentSpec, MemoryBreakdown, Plan, Stage
+from paraserve.planner import codes, rules
+from paraserve.planner.memory import stage_memory, stage_shapes, worst
+from paraserve.planner.pool import Pool
+from paraserve.planner.topology import stage_layers, stage_ranks
+
+
+def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
+    """The verdict on ``spec`` for ``pool``; pure and total (never raises on a valid spec)."""
+    p = spec.parallelism
+    gpu_memory = spec.gpu.memory or pool.gpu_memory_bytes
+    degree_check = rules.degrees(spec)
+    if degree_check.outcome == "failed":
+        # Nothing else can be computed with a zero degree.
+        memory = _overhead_only(spec, gpu_memory)
+        return _assemble(spec, pool, [degree_check], [], memory, [], 0)
+
+    checks = [
+        degree_check,
+        rules.sequence(spec),
+        rules.attention_heads(spec),
+        rules.key_value_heads(spec),
+        rules.layers(spec),
+    ]
+    checks += _pool_checks(spec, pool)
+
+    num_layers = spec.model.architecture.num_layers if spec.model.architecture else None
+    shapes = stage_shapes(num_layers, p.pipeline)
+    per_stage = [stage_memory(spec, p, shape, gpu_memory) for shape in shapes]
+    worst_stage, memory = worst(per_stage)
+    checks.append(rules.memory_limit(spec, worst_stage, memory))
+
+    if any(check.outcome == "failed" for check in checks):
+        checks.append(
+            rules.skipped(codes.INSUFFICIENT_FREE_GPUS, "not checked: the plan is infeasible")
+        )
+    else:
+        checks.append(rules.capacity(spec, pool, free=True))
+
+    ranges = stage_layers(num_layers, p.pipeline) if num_layers else (None,) * p.pipeline
+    stages = [
+        Stage(index=s, layers=ranges[s], ranks=list(stage_ranks(s, p.tensor)))
+        for s in range(p.pipeline)
+    ]
+    return _assemble(spec, pool, checks, stages, memory, per_stage, worst_stage)
+
+
+def _pool_checks(spec: InferenceDeploymentSpec, pool: Pool) -> list[Check]:
+    nodes = rules.matching_nodes(spec, pool)
+    if nodes.outcome == "failed":
+        return [
+            nodes,
+            rules.skipped(codes.TENSOR_PARALLEL_EXCEEDS_NODE, "not checked: the pool is empty"),
+            rules.skipped(codes.INSUFFICIENT_GPUS, "not checked: the pool is empty"),
+        ]
+    within = rules.tensor_within_node(spec, pool)
+    if within.outcome == "failed":
+        return [
+            nodes,
+            within,
+            rules.skipped(codes.INSUFFICIENT_GPUS, "not checked: no node holds a TP group"),
+        ]
+    return [nodes, within, rules.capacity(spec, pool)]
+
+
+def _assemble(
+    spec: InferenceDeploymentSpec,
+    pool: Pool,
+    checks: list[Check],
+    stages: list[Stage],
+    memory: MemoryBreakdown,
+    per_stage: list[MemoryBreakdown],
+    worst_stage: int,
+) -> Plan:
+    errors = [c.finding for c in checks if c.outcome == "failed"]
+    warnings = [c.finding for c in checks if c.outcome == "warning"]
+    feasible = not errors
+    arch = spec.model.architecture
+    return Plan(
+        feasible=feasible,
+        schedulable_now=feasible
+        and not any(c.code == codes.INSUFFICIENT_FREE_GPUS for c in warnings),
+        world_size=spec.parallelism.world_size,
+        gpus_required=spec.gpus_required,
+        gpus_in_pool=pool.allocatable,
+        gpus_free=pool.free,
+        errors=errors,
+        warnings=warnings,
+        stages=stages,
+        memory=memory,
+        stage_memory=per_stage,
+        exact=arch is not None and arch.is_complete,
+        checks=checks,
+        worst_stage=worst_stage,
+    )
+
+
+def _overhead_only(spec: InferenceDeploymentSpec, gpu_memory: int | None) -> MemoryBreakdown:
+    overhead = spec.memory.overhead_per_gpu
+    return MemoryBreakdown(
+        weights_bytes=0,
+        kv_cache_bytes=0,
+        activations_bytes=0,
+        overhead_bytes=overhead,
+        total_bytes=overhead,
+        gpu_memory_bytes=gpu_memory,
+        utilization=overhead / gpu_memory if gpu_memory else None,
+        limit=spec.gpu.max_memory_utilization,
+    )

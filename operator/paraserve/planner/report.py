@@ -1,0 +1,144 @@
+"""The text report of ``paraserve plan``: the arithmetic, a line per check, stages, memory."""
+
+from __future__ import annotations
+
+from paraserve.api import (
+    Check,
+    InferenceDeployment,
+    MemoryBreakdown,
+    Plan,
+    format_bytes,
+    format_count,
+    format_percent,
+)
+from paraserve.planner.rules import gpu_arithmetic
+from paraserve.planner.suggest import Suggestion
+
+_MARK = {"passed": "✅", "failed": "❌", "warning": "⚠️ ", "skipped": "➖"}
+_MAX_STAGE_ROWS = 64
+
+
+def render(deployment: InferenceDeployment, plan: Plan) -> str:
+    """The whole report for a person."""
+    spec = deployment.spec
+    p = spec.parallelism
+    model = spec.model
+    mode = "exact" if plan.exact else "coarse"
+    size = f"{format_count(model.parameters)} parameters, " if model.parameters else ""
+    lines = [
+        f"InferenceDeployment {deployment.name or '(unnamed)'}: {model.name}"
+        f" ({size}{model.dtype.value}, {mode} memory model)",
+        "",
+        f"Strategy      PP={p.pipeline} × TP={p.tensor} × SP={p.sequence}",
+        f"World size    PP={p.pipeline} × TP={p.tensor} = {plan.world_size} ranks per replica"
+        + (
+            f"; SP={p.sequence} shards activations inside each TP group and adds no GPUs"
+            if p.sequence > 1
+            else ""
+        ),
+        f"GPUs          {gpu_arithmetic(spec)}; the pool has {plan.gpus_in_pool}"
+        f" allocatable, {plan.gpus_free} free",
+        "",
+        "Checks",
+    ]
+    width = max(len(c.code) for c in plan.checks)
+    lines += [_check_line(check, width) for check in plan.checks]
+    if plan.stages:
+        lines += ["", *_stage_table(plan)]
+    lines += ["", *_memory_lines(deployment, plan)]
+    lines += ["", _verdict(plan)]
+    return "\n".join(lines) + "\n"
+
+
+def render_suggestions(suggestions: list[Suggestion], asked: str) -> str:
+    """The strategies that fit, best first."""
+    if not suggestions:
+        return "Suggestions\n  no strategy fits this pool\n"
+    lines = [
+        f"Suggestions: {len(suggestions)} strategies fit (by GPUs, then memory headroom;"
+        f" asked: {asked})",
+        f"  {'strategy':<22} {'GPUs':>5} {'per GPU':>10} {'of GPU':>8}  now",
+    ]
+    for s in suggestions:
+        util = format_percent(s.utilization) if s.utilization is not None else "?"
+        lines.append(
+            f"  {s.label:<22} {s.gpus_required:>5} {format_bytes(s.total_bytes):>10}"
+            f" {util:>8}  {'yes' if s.schedulable_now else 'wait'}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _check_line(check: Check, width: int) -> str:
+    return f"  {_MARK[check.outcome]} {check.code:<{width}}  {check.message}"
+
+
+def _stage_table(plan: Plan) -> list[str]:
+    header = (
+        f"  {'stage':>5}  {'layers':<11} {'#':>4}  {'ranks':<11} {'weights':>10} {'KV cache':>10}"
+        f" {'activations':>11} {'total':>10} {'of GPU':>8}"
+    )
+    rows = ["Stages (worst rank of each)", header]
+    for stage, memory in list(zip(plan.stages, plan.stage_memory, strict=False))[:_MAX_STAGE_ROWS]:
+        if stage.layers is None:
+            layers, count = "?", "?"
+        else:
+            layers = f"[{stage.layers[0]}, {stage.layers[1]})"
+            count = str(stage.layers[1] - stage.layers[0])
+        ranks = (
+            f"{stage.ranks[0]}–{stage.ranks[-1]}" if len(stage.ranks) > 1 else str(stage.ranks[0])
+        )
+        util = format_percent(memory.utilization) if memory.utilization is not None else "?"
+        rows.append(
+            f"  {stage.index:>5}  {layers:<11} {count:>4}  {ranks:<11}"
+            f" {format_bytes(memory.weights_bytes):>10} {format_bytes(memory.kv_cache_bytes):>10}"
+            f" {format_bytes(memory.activations_bytes):>11} {format_bytes(memory.total_bytes):>10}"
+            f" {util:>8}"
+        )
+    if len(plan.stages) > _MAX_STAGE_ROWS:
+        rows.append(f"  … {len(plan.stages) - _MAX_STAGE_ROWS} more stages")
+    return rows
+
+
+def _memory_lines(deployment: InferenceDeployment, plan: Plan) -> list[str]:
+    spec = deployment.spec
+    m: MemoryBreakdown = plan.memory
+    why = {"overhead": "memory.overheadPerGpu"}
+    if not plan.exact and spec.model.parameters:
+        p = spec.parallelism
+        why["weights"] = (
+            f"{format_count(spec.model.parameters)} × {spec.model.dtype.bytes:g} B"
+            f" / (PP={p.pipeline} × TP={p.tensor})"
+        )
+        why["KV cache"] = why["activations"] = "coarse mode: carried by the overhead"
+    lines = [f"Memory per GPU (worst rank: stage {plan.worst_stage})"]
+    for name, value in (
+        ("weights", m.weights_bytes),
+        ("KV cache", m.kv_cache_bytes),
+        ("activations", m.activations_bytes),
+        ("overhead", m.overhead_bytes),
+    ):
+        note = f"  {why[name]}" if name in why else ""
+        lines.append(f"  {name:<12} {format_bytes(value):>10}{note}")
+    total = format_bytes(m.total_bytes)
+    if m.gpu_memory_bytes and m.utilization is not None:
+        lines.append(
+            f"  {'total':<12} {total:>10}  = {format_percent(m.utilization)} of"
+            f" {format_bytes(m.gpu_memory_bytes)} (limit {format_percent(m.limit)},"
+            f" headroom {format_bytes(m.gpu_memory_bytes - m.total_bytes)})"
+        )
+    else:
+        lines.append(f"  {'total':<12} {total:>10}  (GPU memory unknown)")
+    return lines
+
+
+def _verdict(plan: Plan) -> str:
+    if not plan.feasible:
+        n = len(plan.errors)
+        codes = ", ".join(dict.fromkeys(e.code for e in plan.errors))
+        return (
+            f"❌ infeasible: {n} error{'s' if n != 1 else ''} ({codes})."
+            " `paraserve plan --suggest` lists the strategies that fit."
+        )
+    if not plan.schedulable_now:
+        return "⏳ feasible, but not schedulable now: waiting for free GPUs."
+    return "✅ feasible and schedulable now."

@@ -1,0 +1,63 @@
+"""Rank coordinates and stage layout of a replica (Megatron order); the pod renderer reuses them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from paraserve.api import Parallelism
+
+
+@dataclass(frozen=True)
+class Rank:
+    """One rank of a replica: its global rank and its coordinates in the PP × TP grid."""
+
+    rank: int
+    pp_rank: int
+    tp_rank: int
+    sp_rank: int
+
+    @property
+    def tp_group(self) -> int:
+        """Index of the tensor-parallel group; equal to the pipeline stage."""
+        return self.pp_rank
+
+
+def rank_of(pp_rank: int, tp_rank: int, tensor: int) -> int:
+    """Megatron order: a TP group is a run of consecutive ranks."""
+    return pp_rank * tensor + tp_rank
+
+
+def ranks(parallelism: Parallelism) -> tuple[Rank, ...]:
+    """Every rank of one replica in rank order."""
+    sequence_parallel = parallelism.sequence > 1
+    return tuple(
+        Rank(
+            rank=rank_of(pp, tp, parallelism.tensor),
+            pp_rank=pp,
+            tp_rank=tp,
+            sp_rank=tp if sequence_parallel else 0,
+        )
+        for pp in range(parallelism.pipeline)
+        for tp in range(parallelism.tensor)
+    )
+
+
+def stage_layer_counts(num_layers: int, pipeline: int) -> tuple[int, ...]:
+    """⌊L/pp⌋ layers per stage, plus one for each of the first L mod pp stages."""
+    base, extra = divmod(num_layers, pipeline)
+    return tuple(base + (1 if stage < extra else 0) for stage in range(pipeline))
+
+
+def stage_layers(num_layers: int, pipeline: int) -> tuple[tuple[int, int], ...]:
+    """Half-open [start, end) layer range of every stage; together they partition the model."""
+    ranges = []
+    start = 0
+    for count in stage_layer_counts(num_layers, pipeline):
+        ranges.append((start, start + count))
+        start += count
+    return tuple(ranges)
+
+
+def stage_ranks(stage: int, tensor: int) -> tuple[int, ...]:
+    """Ranks of a stage: its tensor-parallel group."""
+    return tuple(rank_of(stage, tp, tensor) for tp in range(tensor))
