@@ -97,8 +97,14 @@ def run_crd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def register_worker(subcommands: Subcommands) -> None:
+    from paraserve.worker.command import register  # argparse only; torch loads when it runs
+
+    register(subcommands)
+
+
 #: One entry per subcommand; adding one is adding a register function here.
-COMMANDS: list[Callable[[Subcommands], None]] = [register_plan, register_crd]
+COMMANDS: list[Callable[[Subcommands], None]] = [register_plan, register_crd, register_worker]
 
 
 def build_parser() -> argparse.ArgumentParser:

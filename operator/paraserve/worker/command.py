@@ -70,7 +70,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "worker", help="run one rank of a replica (reference runtime)", description=DESCRIPTION
     )
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(run=run)
     return parser
 
 
@@ -143,9 +143,13 @@ def _serve(env: Any, config: Any, device_request: str, metrics_addr: str, timeou
         json.dumps(list(config.layer_range)),
     )
     stop = threading.Event()
-    if env.is_coordinator and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+    if threading.current_thread() is threading.main_thread():
+        if env.is_coordinator:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stop.set())
+        else:
+            # Ctrl-C on a local replica reaches every rank; rank 0 stops them all in step.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         device = select_device(env, device_request)
         groups = form_groups(env, device, timeout)

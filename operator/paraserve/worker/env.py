@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from paraserve.planner import topology
+
 DEFAULT_METRICS_PORT = 9400
 DEFAULT_METRICS_PATH = "/metrics"
 
@@ -108,10 +110,8 @@ class RankEnv:
 
 
 def stage_layers(num_layers: int, pipeline: int, pp_rank: int) -> tuple[int, int]:
-    """DESIGN's split: ⌊L/pp⌋ layers per stage, one more for each of the first L mod pp stages."""
-    base, extra = divmod(num_layers, pipeline)
-    start = pp_rank * base + min(pp_rank, extra)
-    return start, start + base + (1 if pp_rank < extra else 0)
+    """The planner's split: ⌊L/pp⌋ layers per stage, one more for each of the first L mod pp."""
+    return topology.stage_layers(num_layers, pipeline)[pp_rank]
 
 
 def _int(environ: Mapping[str, str], name: str, default: int | None = None) -> int:
