@@ -62,6 +62,12 @@ def parse_bytes(value: Any) -> int:
             scale = _DECIMAL[suffix]
         elif suffix == "":
             scale = 1
+        elif suffix[:1].upper() in _DECIMAL and suffix[1:] == "B":
+            prefix = suffix[0].upper()
+            raise ValueError(
+                f"{value!r}: unknown unit {suffix!r}; write {number}{prefix} (decimal)"
+                f" or {number}{prefix}i (binary)"
+            )
         else:
             raise ValueError(
                 f"{value!r}: unknown unit {suffix!r} (use Ki, Mi, Gi, Ti or k, M, G, T)"
