@@ -103,8 +103,19 @@ def register_worker(subcommands: Subcommands) -> None:
     register(subcommands)
 
 
+def register_operator(subcommands: Subcommands) -> None:
+    from paraserve.controller.command import register  # argparse only; kopf loads when it runs
+
+    register(subcommands)
+
+
 #: One entry per subcommand; adding one is adding a register function here.
-COMMANDS: list[Callable[[Subcommands], None]] = [register_plan, register_crd, register_worker]
+COMMANDS: list[Callable[[Subcommands], None]] = [
+    register_plan,
+    register_crd,
+    register_worker,
+    register_operator,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers that turn an InferenceDeployment into a gang of rank pods."""

@@ -1,0 +1,62 @@
+"""The operator's own Prometheus metrics: reconciles, their duration, errors and API calls."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class OperatorMetrics:
+    """One registry per operator process (tests may build several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "paraserve_operator_reconciles_total",
+            "Reconciles of InferenceDeployments, by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "paraserve_operator_reconcile_duration_seconds",
+            "Time one reconcile took.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "paraserve_operator_errors_total",
+            "Reconciles that failed, by kind of error.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.api_calls = Counter(
+            "paraserve_operator_api_calls_total",
+            "Calls to the Kubernetes API, by verb, resource and HTTP status (0: no response).",
+            ["verb", "resource", "code"],
+            registry=self.registry,
+        )
+        self.pods_created = Counter(
+            "paraserve_operator_pods_created_total",
+            "Rank pods created.",
+            registry=self.registry,
+        )
+        self.gang_restarts = Counter(
+            "paraserve_operator_gang_restarts_total",
+            "Replicas recreated as a gang after a rank failed or disappeared.",
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "paraserve_operator_queue_depth",
+            "Deployments waiting to be reconciled.",
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "paraserve_operator_leader",
+            "1 while this process holds the leader lease.",
+            registry=self.registry,
+        )
+
+    def observe_call(self, verb: str, resource: str, status: int) -> None:
+        self.api_calls.labels(verb=verb, resource=resource, code=str(status)).inc()
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=address, registry=self.registry)

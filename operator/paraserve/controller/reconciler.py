@@ -1,0 +1,305 @@
+"""One reconcile of one InferenceDeployment: plan against the pool, act on the gangs, write status.
+
+Everything is read from in-memory indexes kept by watches; the only API calls are the writes.
+A reconcile is level-triggered and idempotent: it may be interrupted at any line and simply
+runs again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from paraserve.api import (
+    API_VERSION,
+    KIND,
+    Finding,
+    InferenceDeploymentSpec,
+    Plan,
+    describe_validation_error,
+)
+from paraserve.controller import render
+from paraserve.controller.cluster_io import Cluster
+from paraserve.controller.gang import (
+    GANG_ANNOTATION,
+    Backoff,
+    Decision,
+    GangState,
+    ObservedPod,
+    decide,
+)
+from paraserve.controller.metrics import OperatorMetrics
+from paraserve.controller.status import Observation, desired_status, phase_event, status_patch
+from paraserve.planner import Pool, plan
+
+logger = logging.getLogger("paraserve.controller")
+
+Key = tuple[str, str]  # (namespace, name)
+
+INVALID_SPEC: Final = "InvalidSpec"
+INVALID_NAME: Final = "InvalidName"
+# After a write conflict the watch has a newer object on its way; look again shortly.
+CONFLICT_RETRY: Final = 1.0
+
+
+@dataclass
+class ControllerSettings:
+    default_image: str = "paraserve:latest"
+    backoff: Backoff = field(default_factory=Backoff)
+    resync_seconds: float = 60.0
+    workers: int = 4
+
+
+class Views:
+    """Read access to the operator's in-memory indexes (kopf keeps them, we only read)."""
+
+    def __init__(self) -> None:
+        self.deployments: Mapping[Any, Iterable[Any]] = {}
+        self.nodes: Mapping[Any, Iterable[Any]] = {}
+        self.gpu_pods: Mapping[Any, Iterable[Any]] = {}
+        self.rank_pods: Mapping[Any, Iterable[Any]] = {}
+
+    def deployment(self, key: Key) -> dict[str, Any] | None:
+        store = self.deployments.get(key)
+        return next(iter(store), None) if store is not None else None
+
+    def deployment_keys(self) -> list[Key]:
+        return list(self.deployments.keys())
+
+    def all_nodes(self) -> list[dict[str, Any]]:
+        return list(self.nodes.get(ALL, ()))
+
+    def all_gpu_pods(self) -> list[dict[str, Any]]:
+        return list(self.gpu_pods.get(ALL, ()))
+
+    def ranks_of(self, key: Key) -> list[ObservedPod]:
+        return list(self.rank_pods.get(key, ()))
+
+
+ALL: Final = "all"
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cluster: Cluster,
+        views: Views,
+        settings: ControllerSettings,
+        metrics: OperatorMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cluster = cluster
+        self.views = views
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        # Fingerprints of the Service and ConfigMap last applied, so they are written on change.
+        self._applied: dict[Key, str] = {}
+
+    async def reconcile(self, key: Key) -> float | None:
+        """Bring one deployment one step closer to its spec; the delay to look again, if any."""
+        body = self.views.deployment(key)
+        if body is None:
+            self._applied.pop(key, None)
+            return None
+        metadata = body.get("metadata", {})
+        if metadata.get("deletionTimestamp"):
+            return None  # the garbage collector removes what we own
+        namespace, name = key
+        status: dict[str, Any] = body.get("status") or {}
+        resource_version = metadata.get("resourceVersion")
+        pods = self.views.ranks_of(key)
+        state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
+
+        spec, rejection = self._parse(name, body.get("spec") or {})
+        verdict: Plan | None = None
+        decision: Decision | None = None
+        gpus_free: int | None = None
+        if spec is not None:
+            pool = self._pool_for(key, spec)
+            verdict = plan(spec, pool)
+            own_used = sum(1 for p in pods if p.node and not p.broken)
+            gpus_free = max(0, verdict.gpus_free - own_used)
+            if rejection is None and verdict.errors:
+                rejection = verdict.errors[0]
+            if rejection is None:
+                decision = self._decide(spec, pool, pods, state)
+                applied = await self._act(key, metadata, spec, verdict, decision, resource_version)
+                if applied is None:
+                    return CONFLICT_RETRY
+                resource_version = applied
+                state = decision.state
+
+        observation = Observation(
+            name=name,
+            generation=metadata.get("generation"),
+            spec=spec,
+            plan=verdict,
+            rejection=rejection,
+            decision=decision,
+            pods=pods,
+            state=state,
+            gpus_free=gpus_free,
+        )
+        desired = desired_status(observation, status, _now_iso())
+        patch = status_patch(status, desired)
+        if patch:
+            written = await self.cluster.patch_deployment(
+                namespace,
+                name,
+                {"status": patch},
+                resource_version=resource_version,
+                subresource="status",
+            )
+            if written is None:
+                return CONFLICT_RETRY
+            announcement = phase_event(status.get("phase"), desired["phase"], observation)
+            if announcement is not None:
+                await self._event(body, *announcement)
+        return decision.requeue_after if decision is not None else None
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _parse(
+        self, name: str, raw_spec: Mapping[str, Any]
+    ) -> tuple[InferenceDeploymentSpec | None, Finding | None]:
+        try:
+            spec = InferenceDeploymentSpec.model_validate(raw_spec)
+        except ValidationError as error:
+            message = describe_validation_error(error, "spec")
+            return None, Finding(code=INVALID_SPEC, message=message)
+        problem = render.name_problem(name, spec)
+        return spec, Finding(code=INVALID_NAME, message=problem) if problem else None
+
+    def _pool_for(self, key: Key, spec: InferenceDeploymentSpec) -> Pool:
+        """The pool as this deployment sees it: its own ranks' GPUs count as free."""
+        namespace, name = key
+        others = [
+            pod
+            for pod in self.views.all_gpu_pods()
+            if not (
+                pod["metadata"].get("namespace") == namespace
+                and (pod["metadata"].get("labels") or {}).get(render.LABEL_DEPLOYMENT) == name
+            )
+        ]
+        return Pool.from_objects(self.views.all_nodes(), others, spec)
+
+    def _decide(
+        self,
+        spec: InferenceDeploymentSpec,
+        pool: Pool,
+        pods: list[ObservedPod],
+        state: GangState,
+    ) -> Decision:
+        def fits(replicas: int) -> bool:
+            return plan(spec.model_copy(update={"replicas": replicas}), pool).schedulable_now
+
+        return decide(
+            desired_replicas=spec.replicas,
+            world_size=spec.parallelism.world_size,
+            template_hash=render.template_hash(spec, self.settings.default_image),
+            pods=pods,
+            state=state,
+            now=self.clock(),
+            fits=fits,
+            backoff=self.settings.backoff,
+        )
+
+    async def _act(
+        self,
+        key: Key,
+        metadata: Mapping[str, Any],
+        spec: InferenceDeploymentSpec,
+        verdict: Plan,
+        decision: Decision,
+        resource_version: str | None,
+    ) -> str | None:
+        """Persist gang state, then delete, then create. The resourceVersion after, or None."""
+        namespace, name = key
+        if decision.state_changed:
+            # The commit point: a restart counted here is counted once, even if we die next.
+            written = await self.cluster.patch_deployment(
+                namespace,
+                name,
+                {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
+                resource_version=resource_version,
+            )
+            if written is None:
+                return None
+            resource_version = written.get("metadata", {}).get("resourceVersion")
+        owner = render.Owner(name=name, namespace=namespace, uid=str(metadata.get("uid", "")))
+        await self._apply_shared(key, owner, spec, verdict)
+        if decision.delete:
+            await self.cluster.delete_pods(namespace, [(p.name, p.uid) for p in decision.delete])
+        if decision.create:
+            hash_ = render.template_hash(spec, self.settings.default_image)
+            manifests = [
+                pod
+                for replica, only in decision.create
+                for pod in render.replica_pods(
+                    owner,
+                    spec,
+                    verdict.stages,
+                    replica,
+                    hash_=hash_,
+                    default_image=self.settings.default_image,
+                    only_ranks=only,
+                )
+            ]
+            created = await self.cluster.create_all(manifests)
+            self.metrics.pods_created.inc(sum(created))
+            whole = [r for r, only in decision.create if only is None]
+            if whole:
+                replicas = ", ".join(str(r) for r in whole)
+                message = f"creating replica {replicas}: {spec.parallelism.world_size} ranks each"
+                await self._event({"metadata": metadata}, "Normal", "CreatingReplica", message)
+        for event in decision.events:
+            if event.reason == "ReplicaRestart":
+                self.metrics.gang_restarts.inc()
+            await self._event({"metadata": metadata}, event.type, event.reason, event.message)
+        return resource_version or ""
+
+    async def _apply_shared(
+        self,
+        key: Key,
+        owner: render.Owner,
+        spec: InferenceDeploymentSpec,
+        verdict: Plan,
+    ) -> None:
+        """The headless Service and the topology ConfigMap, written when they change."""
+        objects = [
+            render.headless_service(owner, spec),
+            render.topology_configmap(owner, spec, verdict.stages),
+        ]
+        fingerprint = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
+        if self._applied.get(key) == fingerprint:
+            return
+        for obj in objects:
+            await self.cluster.apply(obj)
+        self._applied[key] = fingerprint
+
+    async def _event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        metadata = body.get("metadata", {})
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            "uid": metadata.get("uid"),
+        }
+        try:
+            await self.cluster.post_event(involved, type_=type_, reason=reason, message=message)
+        except Exception as error:  # an Event is a courtesy; never fail a reconcile for it
+            logger.warning("could not post event %s: %s", reason, error)

@@ -1,0 +1,357 @@
+"""Pure builders of the objects a deployment owns: rank pods, the headless Service, the topology."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from paraserve.api import API_VERSION, KIND, InferenceDeploymentSpec, Stage
+from paraserve.planner.topology import Rank, ranks
+
+# Labels every owned object carries; the pod ones locate a rank in its gang.
+LABEL_DEPLOYMENT: Final = "paraserve.dev/deployment"
+LABEL_REPLICA: Final = "paraserve.dev/replica"
+LABEL_RANK: Final = "paraserve.dev/rank"
+LABEL_PP_RANK: Final = "paraserve.dev/pp-rank"
+LABEL_TP_RANK: Final = "paraserve.dev/tp-rank"
+LABEL_TP_GROUP: Final = "paraserve.dev/tp-group"
+LABEL_TEMPLATE_HASH: Final = "paraserve.dev/template-hash"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGER: Final = "paraserve-operator"
+
+MASTER_PORT: Final = 29500
+TOPOLOGY_DIR: Final = "/etc/paraserve"
+TOPOLOGY_KEY: Final = "topology.json"
+TOPOLOGY_PATH: Final = f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}"
+CONTAINER_NAME: Final = "rank"
+HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
+
+# A pod's hostname is one DNS label; `<name>-<r>-<k>` must fit in it.
+DNS_LABEL_MAX: Final = 63
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The InferenceDeployment that owns what is rendered."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        # controller=true lets the garbage collector and `kubectl` attribute the objects to us;
+        # blockOwnerDeletion makes a foreground delete wait for the ranks.
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def pod_name(deployment: str, replica: int, rank: int) -> str:
+    return f"{deployment}-{replica}-{rank}"
+
+
+def service_name(deployment: str) -> str:
+    return deployment
+
+
+def topology_configmap_name(deployment: str) -> str:
+    return f"{deployment}-topology"
+
+
+def master_addr(deployment: str, namespace: str, replica: int) -> str:
+    """Stable DNS name of rank 0 of a replica: hostname.subdomain.namespace.svc."""
+    return f"{pod_name(deployment, replica, 0)}.{service_name(deployment)}.{namespace}.svc"
+
+
+def tp_group(replica: int, pp_rank: int) -> str:
+    """Label value naming one tensor-parallel group across the deployment's replicas."""
+    return f"{replica}-{pp_rank}"
+
+
+def name_problem(deployment: str, spec: InferenceDeploymentSpec) -> str | None:
+    """Why pod hostnames of this deployment would be invalid, or None."""
+    longest = pod_name(deployment, max(spec.replicas - 1, 0), spec.parallelism.world_size - 1)
+    if len(longest) > DNS_LABEL_MAX:
+        return (
+            f"pod hostname {longest!r} is {len(longest)} characters; a DNS label allows"
+            f" {DNS_LABEL_MAX}: shorten the deployment name"
+        )
+    if not deployment[:1].isalpha():
+        return f"name {deployment!r} must start with a letter: it names the headless Service"
+    return None
+
+
+def selector_labels(deployment: str) -> dict[str, str]:
+    return {LABEL_DEPLOYMENT: deployment}
+
+
+def template_hash(spec: InferenceDeploymentSpec, default_image: str) -> str:
+    """Fingerprint of everything a rank pod is made from; a change rolls the replicas.
+
+    Replicas (handled by scaling) and the SLO (read only by the measurement loop) are left out.
+    """
+    essence = spec.model_dump(mode="json", by_alias=True, exclude={"replicas", "slo"})
+    essence["defaultImage"] = default_image
+    digest = hashlib.sha256(json.dumps(essence, sort_keys=True).encode()).hexdigest()
+    return digest[:10]
+
+
+def rank_env(
+    owner: Owner, spec: InferenceDeploymentSpec, stages: Sequence[Stage], replica: int, rank: Rank
+) -> list[dict[str, Any]]:
+    """The environment contract of DESIGN.md, then the user's own variables."""
+    parallelism = spec.parallelism
+    values: list[tuple[str, str]] = [
+        ("WORLD_SIZE", str(parallelism.world_size)),
+        ("RANK", str(rank.rank)),
+        ("LOCAL_RANK", "0"),
+        ("LOCAL_WORLD_SIZE", "1"),
+        ("MASTER_ADDR", master_addr(owner.name, owner.namespace, replica)),
+        ("MASTER_PORT", str(MASTER_PORT)),
+        ("PARASERVE_PP_SIZE", str(parallelism.pipeline)),
+        ("PARASERVE_TP_SIZE", str(parallelism.tensor)),
+        ("PARASERVE_SP_SIZE", str(parallelism.sequence)),
+        ("PARASERVE_PP_RANK", str(rank.pp_rank)),
+        ("PARASERVE_TP_RANK", str(rank.tp_rank)),
+        ("PARASERVE_SP_RANK", str(rank.sp_rank)),
+    ]
+    layers = stages[rank.pp_rank].layers if rank.pp_rank < len(stages) else None
+    if layers is not None:
+        values.append(("PARASERVE_STAGE_LAYERS", f"{layers[0]}:{layers[1]}"))
+    values += [
+        ("PARASERVE_REPLICA", str(replica)),
+        ("PARASERVE_TOPOLOGY", TOPOLOGY_PATH),
+        ("PARASERVE_METRICS_PORT", str(spec.metrics.port)),
+        ("PARASERVE_METRICS_PATH", spec.metrics.path),
+    ]
+    env = [{"name": name, "value": value} for name, value in values]
+    return env + [dict(variable) for variable in spec.worker.env]
+
+
+def rank_labels(deployment: str, replica: int, rank: Rank, hash_: str) -> dict[str, str]:
+    return {
+        LABEL_DEPLOYMENT: deployment,
+        LABEL_REPLICA: str(replica),
+        LABEL_RANK: str(rank.rank),
+        LABEL_PP_RANK: str(rank.pp_rank),
+        LABEL_TP_RANK: str(rank.tp_rank),
+        LABEL_TP_GROUP: tp_group(replica, rank.pp_rank),
+        LABEL_TEMPLATE_HASH: hash_,
+        LABEL_MANAGED_BY: MANAGER,
+    }
+
+
+def _resources(spec: InferenceDeploymentSpec) -> dict[str, Any]:
+    """The user's cpu/memory requirements plus exactly one GPU (limit; the request follows)."""
+    resources = {key: dict(value) for key, value in spec.worker.resources.items()}
+    limits = resources.setdefault("limits", {})
+    limits[spec.gpu.resource_name] = 1
+    requests = resources.get("requests")
+    if requests is not None and spec.gpu.resource_name in requests:
+        requests[spec.gpu.resource_name] = 1
+    return resources
+
+
+def _affinity(deployment: str, replica: int, rank: Rank) -> dict[str, Any]:
+    """Required co-location of a tensor-parallel group on one node (NVLink, not network)."""
+    return {
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {
+                        "matchLabels": {
+                            LABEL_DEPLOYMENT: deployment,
+                            LABEL_TP_GROUP: tp_group(replica, rank.pp_rank),
+                        }
+                    },
+                    "topologyKey": HOSTNAME_LABEL,
+                }
+            ]
+        }
+    }
+
+
+def rank_pod(
+    owner: Owner,
+    spec: InferenceDeploymentSpec,
+    stages: Sequence[Stage],
+    replica: int,
+    rank: Rank,
+    *,
+    hash_: str,
+    default_image: str,
+) -> dict[str, Any]:
+    """The pod of one rank: one GPU, the env contract, its DNS identity and its placement."""
+    name = pod_name(owner.name, replica, rank.rank)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.worker.image or default_image,
+        "env": rank_env(owner, spec, stages, replica, rank),
+        "resources": _resources(spec),
+        "ports": [
+            {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"},
+            {"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"},
+        ],
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "topology", "mountPath": TOPOLOGY_DIR, "readOnly": True},
+        ],
+    }
+    if spec.worker.command is not None:
+        container["command"] = list(spec.worker.command)
+    if spec.worker.args is not None:
+        container["args"] = list(spec.worker.args)
+    pod_spec: dict[str, Any] = {
+        "hostname": name,
+        "subdomain": service_name(owner.name),
+        # A rank that exits cannot rejoin its collective groups: the gang is recreated instead.
+        "restartPolicy": "Never",
+        # Thousands of service variables would only slow rank start-up.
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {
+                "name": "topology",
+                "configMap": {
+                    "name": topology_configmap_name(owner.name),
+                    "items": [{"key": TOPOLOGY_KEY, "path": TOPOLOGY_KEY}],
+                },
+            },
+        ],
+    }
+    placement = spec.placement
+    if placement.node_selector:
+        pod_spec["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in placement.tolerations]
+    if placement.tensor_parallel_within_node and spec.parallelism.tensor > 1:
+        pod_spec["affinity"] = _affinity(owner.name, replica, rank)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": rank_labels(owner.name, replica, rank, hash_),
+            "annotations": {LABEL_TEMPLATE_HASH: hash_},
+            "ownerReferences": [owner.reference],
+        },
+        "spec": pod_spec,
+    }
+
+
+def replica_pods(
+    owner: Owner,
+    spec: InferenceDeploymentSpec,
+    stages: Sequence[Stage],
+    replica: int,
+    *,
+    hash_: str,
+    default_image: str,
+    only_ranks: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """The pods of one replica in Megatron rank order (optionally just some ranks)."""
+    return [
+        rank_pod(owner, spec, stages, replica, rank, hash_=hash_, default_image=default_image)
+        for rank in ranks(spec.parallelism)
+        if only_ranks is None or rank.rank in only_ranks
+    ]
+
+
+def headless_service(owner: Owner, spec: InferenceDeploymentSpec) -> dict[str, Any]:
+    """Gives every rank a DNS name, resolvable before it is ready (rendezvous comes first)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": {**selector_labels(owner.name), LABEL_MANAGED_BY: MANAGER},
+            "ownerReferences": [owner.reference],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(owner.name),
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": MASTER_PORT,
+                    "targetPort": MASTER_PORT,
+                    "protocol": "TCP",
+                },
+                {
+                    "name": "metrics",
+                    "port": spec.metrics.port,
+                    "targetPort": spec.metrics.port,
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def topology(
+    owner: Owner, spec: InferenceDeploymentSpec, stages: Sequence[Stage]
+) -> dict[str, Any]:
+    """The topology document every rank reads (the worker's contract)."""
+    model: dict[str, Any] = {
+        "name": spec.model.name,
+        "dtype": spec.model.dtype.value,
+        "kvCacheDtype": spec.model.kv_dtype.value,
+    }
+    if spec.model.architecture is not None:
+        model["architecture"] = spec.model.architecture.model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        )
+    return {
+        "deployment": owner.name,
+        "namespace": owner.namespace,
+        "parallelism": {
+            "pipeline": spec.parallelism.pipeline,
+            "tensor": spec.parallelism.tensor,
+            "sequence": spec.parallelism.sequence,
+        },
+        "worldSize": spec.parallelism.world_size,
+        "model": model,
+        "serving": {
+            "maxBatchSize": spec.serving.max_batch_size,
+            "maxSequenceLength": spec.serving.max_sequence_length,
+        },
+        "stages": [
+            {
+                "index": stage.index,
+                "layers": list(stage.layers) if stage.layers is not None else None,
+                "ranks": list(stage.ranks),
+            }
+            for stage in stages
+        ],
+        "masterPort": MASTER_PORT,
+        "service": service_name(owner.name),
+    }
+
+
+def topology_configmap(
+    owner: Owner, spec: InferenceDeploymentSpec, stages: Sequence[Stage]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": topology_configmap_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": {**selector_labels(owner.name), LABEL_MANAGED_BY: MANAGER},
+            "ownerReferences": [owner.reference],
+        },
+        "data": {TOPOLOGY_KEY: json.dumps(topology(owner, spec, stages), indent=1)},
+    }

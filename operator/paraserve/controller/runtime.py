@@ -1,0 +1,187 @@
+"""Runs the operator process: leader election, then kopf with our handlers, health and metrics.
+
+Extras plug in here without touching the reconcile: an admission webhook adds its
+`@kopf.on.validate` handlers to the registry and sets `settings.admission.server` in
+`operator_settings`; the measurement loop is started beside the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from paraserve.controller import handlers
+from paraserve.controller.cluster_io import Cluster, load_api_client
+from paraserve.controller.gang import Backoff
+from paraserve.controller.leader import LeaderElector, LeaseTimings
+from paraserve.controller.manager import Manager
+from paraserve.controller.metrics import OperatorMetrics
+from paraserve.controller.reconciler import ControllerSettings, Reconciler, Views
+
+logger = logging.getLogger("paraserve.operator")
+
+
+@dataclass
+class OperatorOptions:
+    kubeconfig: str | None = None
+    namespaces: Sequence[str] = ()
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = 8000
+    health_address: str = "0.0.0.0"
+    health_port: int = 8080
+    leader_elect: bool = True
+    lease_namespace: str = "default"
+    lease_name: str = "paraserve-operator"
+    identity: str = ""
+    lease: LeaseTimings = field(default_factory=LeaseTimings)
+    log_format: str = "json"
+    verbose: bool = False
+
+
+def default_identity() -> str:
+    """The pod name when run in a pod (a restarted container takes its Lease back at once)."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def operator_settings(options: OperatorOptions) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # Leadership comes from our Lease; kopf's own peering (and its CRDs) is not used.
+    settings.peering.standalone = True
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    return settings
+
+
+def build_registry(manager: Manager) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    handlers.register(registry, manager)
+    return registry
+
+
+def configure_logging(options: OperatorOptions) -> None:
+    formats = {"json": kopf.LogFormat.JSON, "plain": kopf.LogFormat.PLAIN}
+    kopf.configure(
+        verbose=options.verbose,
+        log_format=formats.get(options.log_format, kopf.LogFormat.FULL),
+    )
+
+
+@contextlib.asynccontextmanager
+async def standby_health(address: str, port: int) -> Any:
+    """A /healthz for a replica that waits for leadership (kopf's own starts when leading)."""
+    from aiohttp import web
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "standby"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, address, port, reuse_address=True)
+    await site.start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def serve(options: OperatorOptions) -> int:
+    """Run until stopped (0) or until leadership is lost (1)."""
+    metrics = OperatorMetrics()
+    if options.metrics_port:
+        metrics.serve(options.metrics_port, options.metrics_address)
+    cluster = Cluster(load_api_client(options.kubeconfig), observe=metrics.observe_call)
+    elector: LeaderElector | None = None
+    if options.leader_elect:
+        elector = LeaderElector(
+            cluster,
+            namespace=options.lease_namespace,
+            name=options.lease_name,
+            identity=options.identity or default_identity(),
+            timings=options.lease,
+        )
+        if options.health_port:
+            async with standby_health(options.health_address, options.health_port):
+                await elector.acquire()
+        else:
+            await elector.acquire()
+        metrics.leader.set(1)
+
+    manager = Manager(Reconciler(cluster, Views(), options.controller, metrics), metrics)
+    registry = build_registry(manager)
+    stop = asyncio.Event()
+    liveness = (
+        f"http://{options.health_address}:{options.health_port}/healthz"
+        if options.health_port
+        else None
+    )
+    kopf_task = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            settings=operator_settings(options),
+            clusterwide=not options.namespaces,
+            namespaces=list(options.namespaces),
+            liveness_endpoint=liveness,
+            stop_flag=stop,
+            standalone=True,
+        ),
+        name="kopf",
+    )
+    tasks: set[asyncio.Task[Any]] = {kopf_task}
+    lost: asyncio.Task[None] | None = None
+    if elector is not None:
+        lost = asyncio.create_task(elector.hold(), name="lease")
+        tasks.add(lost)
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if lost is not None and lost in done:
+            # Another replica may be acting already: stop at once, never act twice.
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(kopf_task, timeout=10)
+            return 1
+        return 0
+    finally:
+        metrics.leader.set(0)
+        if lost is not None and not lost.done():
+            lost.cancel()
+            with contextlib.suppress(Exception):
+                await elector.release()  # type: ignore[union-attr]
+        cluster.close()
+
+
+def run(options: OperatorOptions) -> int:
+    configure_logging(options)
+    try:
+        return asyncio.run(serve(options))
+    except KeyboardInterrupt:
+        return 130
+
+
+def controller_settings(
+    *,
+    default_image: str,
+    workers: int,
+    resync: float,
+    backoff_base: float,
+    backoff_max: float,
+) -> ControllerSettings:
+    return ControllerSettings(
+        default_image=default_image,
+        backoff=Backoff(base=backoff_base, cap=backoff_max),
+        resync_seconds=resync,
+        workers=workers,
+    )
