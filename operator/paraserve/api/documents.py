@@ -40,7 +40,7 @@ def load_deployment(text: str, source: str) -> InferenceDeployment:
     doc = docs[0]
     if not isinstance(doc, dict):
         raise DocumentError(
-            f"{source}: expected a {KIND} object (a mapping), got {type(doc).__name__}"
+            f"{source}: expected an {KIND} object (a mapping), got {type(doc).__name__}"
         )
     if doc.get("kind") != KIND:
         raise DocumentError(f"{source}: kind is {doc.get('kind')!r}; expected {KIND!r}")

@@ -1,0 +1,179 @@
+"""`paraserve`: exit 0/1/2, one clear line on stderr for bad input, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from paraserve.cli import COMMANDS, build_parser, main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+NODES = EXAMPLES / "nodes-1x8-a100-80g.yaml"
+GOOD = EXAMPLES / "review-pp4-tp2-sp2.yaml"
+
+
+def deployment(**spec_changes: object) -> dict[str, object]:
+    document = yaml.safe_load(GOOD.read_text())
+    document["spec"].update(spec_changes)
+    return document
+
+
+def plan_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, nodes: Path = NODES
+) -> tuple[int, str, str]:
+    path = tmp_path / "deployment.yaml"
+    path.write_text(text)
+    status = main(["plan", "-f", str(path), "--nodes", str(nodes)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+BAD_INPUT = {
+    "not YAML": ("spec: [unclosed", "not valid YAML: did not find expected ',' or ']' at line 2"),
+    "wrong kind": (
+        yaml.safe_dump({**deployment(), "kind": "Deployment"}),
+        "kind is 'Deployment'; expected 'InferenceDeployment'",
+    ),
+    "wrong apiVersion": (
+        yaml.safe_dump({**deployment(), "apiVersion": "paraserve.dev/v1"}),
+        "apiVersion is 'paraserve.dev/v1'; expected 'paraserve.dev/v1alpha1'",
+    ),
+    "a string where a number belongs": (
+        yaml.safe_dump(deployment(parallelism={"pipeline": "four", "tensor": 2})),
+        "spec.parallelism.pipeline: Input should be a valid integer",
+    ),
+    "a zero degree": (
+        yaml.safe_dump(deployment(parallelism={"pipeline": 4, "tensor": 0})),
+        "spec.parallelism.tensor: Input should be greater than or equal to 1",
+    ),
+    "an unknown field": (
+        yaml.safe_dump({**deployment(), "spec": {**deployment()["spec"], "paralelism": {}}}),  # type: ignore[dict-item]
+        "spec: unknown field 'paralelism'; did you mean 'parallelism'?",
+    ),
+    "a bad quantity": (
+        yaml.safe_dump(deployment(gpu={"memory": "lots"})),
+        "spec.gpu.memory: 'lots' is not a quantity of bytes",
+    ),
+    "a scalar document": ("just a string", "expected an InferenceDeployment object"),
+    "two documents": (GOOD.read_text() + "\n---\n" + GOOD.read_text(), "found 2"),
+    "an empty file": ("", "expected one InferenceDeployment document, found 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_deployment_exits_2_with_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, fragment = BAD_INPUT[case]
+    status, out, err = plan_file(tmp_path, capsys, text)
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("paraserve plan: ")
+    assert fragment in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert main(["plan", "-f", str(missing), "--nodes", str(NODES)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"paraserve plan: cannot read {missing}: No such file or directory\n"
+    assert main(["plan", "-f", str(tmp_path), "--nodes", str(NODES)]) == 2
+    assert "Is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("nodes_text", "fragment"),
+    [
+        ("apiVersion: v1\nkind: ConfigMap\n", "kind is 'ConfigMap'; expected Node or Pod"),
+        ("kind: List\nitems: 3\n", "items is not a list"),
+        ("- 1\n", "expected a Node or Pod object, got list"),
+        ("{", "not valid YAML"),
+    ],
+)
+def test_bad_nodes_file_exits_2(
+    nodes_text: str, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(nodes_text)
+    status, _, err = plan_file(tmp_path, capsys, GOOD.read_text(), nodes)
+    assert status == 2 and err.count("\n") == 1 and fragment in err
+
+
+def test_usage_errors_exit_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["plan", "-f", str(GOOD)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the following arguments are required: --nodes" in err
+
+
+def test_nodes_as_a_multi_document_stream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items = yaml.safe_load(NODES.read_text())["items"]
+    gpu_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "busy"},
+        "spec": {
+            "nodeName": "gpu-node-0",
+            "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": 2}}}],
+        },
+        "status": {"phase": "Running"},
+    }
+    stream = tmp_path / "stream.yaml"
+    stream.write_text(yaml.safe_dump_all([*items, gpu_pod]))
+    assert main(["plan", "-f", str(GOOD), "--nodes", str(stream), "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["gpusFree"] == 6 and document["schedulableNow"] is False
+    assert [w["code"] for w in document["warnings"]] == ["InsufficientFreeGPUs"]
+
+
+def test_json_is_exactly_one_object(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "-f", str(GOOD), "--nodes", str(NODES), "-o", "json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert isinstance(json.loads(out), dict)
+
+
+def test_stdin_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(GOOD.read_text()))
+    assert main(["plan", "-f", "-", "--nodes", str(NODES), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["feasible"] is True
+
+
+def test_exact_example_plans(capsys: pytest.CaptureFixture[str]) -> None:
+    exact = EXAMPLES / "llama-2-70b-exact.yaml"
+    assert main(["plan", "-f", str(exact), "--nodes", str(NODES)]) == 0
+    out = capsys.readouterr().out
+    assert "exact memory model" in out and "KV cache" in out
+
+
+def test_subcommands_register_themselves() -> None:
+    parser = build_parser()
+    assert len(COMMANDS) >= 2
+    args = parser.parse_args(["crd"])
+    assert args.command == "crd" and callable(args.run)
+
+
+def test_plan_does_not_import_kopf_or_torch() -> None:
+    code = (
+        "import sys; from paraserve.cli import main; "
+        f"status = main(['plan', '-f', {str(GOOD)!r}, '--nodes', {str(NODES)!r}, '-o', 'json']); "
+        "heavy = [m for m in ('kopf', 'torch', 'kubernetes') if m in sys.modules]; "
+        "print(status, heavy, file=sys.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stderr.strip() == "0 []"
