@@ -143,9 +143,11 @@ def _serve(env: Any, config: Any, device_request: str, metrics_addr: str, timeou
         json.dumps(list(config.layer_range)),
     )
     stop = threading.Event()
+    previous = {}
     if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         if env.is_coordinator:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in previous:
                 signal.signal(signum, lambda *_: stop.set())
         else:
             # Ctrl-C on a local replica reaches every rank; rank 0 stops them all in step.
@@ -171,3 +173,5 @@ def _serve(env: Any, config: Any, device_request: str, metrics_addr: str, timeou
     finally:
         leave_groups()
         server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

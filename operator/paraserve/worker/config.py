@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from paraserve.api.units import Dtype
+from paraserve.api import Dtype
 from paraserve.worker.env import RankEnv, parse_rank_env, stage_layers
 from paraserve.worker.loadgen import LoadProfile
 from paraserve.worker.runtime import RunConfig

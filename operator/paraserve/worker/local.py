@@ -26,8 +26,13 @@ def free_port() -> int:
 
 
 def _rank_main(environ: dict[str, str], argv: list[str]) -> None:
-    os.environ.update(environ)
+    import torch
+
     from paraserve.worker.command import main
+
+    os.environ.update(environ)
+    # Ranks share this machine's cores; one thread each avoids OpenMP spinning against peers.
+    torch.set_num_threads(1)
 
     sys.exit(main(argv))
 

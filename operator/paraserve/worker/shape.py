@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from paraserve.api.spec import Architecture
+from paraserve.api import Architecture
 
 #: Llama's constants the architecture block does not carry.
 ROPE_THETA = 10000.0

@@ -9,9 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from paraserve.api.base import describe_validation_error
-from paraserve.api.spec import Parallelism, Serving
-from paraserve.api.units import Dtype
+from paraserve.api import Dtype, Parallelism, Serving, describe_validation_error
 from paraserve.worker.env import RankEnv, stage_layers
 from paraserve.worker.shape import ModelShape, ShapeError
 
