@@ -87,6 +87,13 @@ class MeasuredStatus(WireModel):
         None, description="P99 decode latency per token."
     )
     throughput_rps: float | None = Field(None, description="Completed requests per second.")
+    kv_cache_utilization: float | None = Field(
+        None, description="Largest fraction of a rank's KV cache in use (vllm, sglang profiles)."
+    )
+    window_seconds: float | None = Field(
+        None, description="Span of the counter window the P99s and throughput are taken over."
+    )
+    profile: str | None = Field(None, description="Metric profile read: paraserve, vllm, sglang.")
     sampled_at: str | None = Field(None, description="RFC 3339 time of the sample.")
     ranks_scraped: int = Field(0, ge=0, description="Ranks whose metrics were read.")
     ranks_unreachable: int = Field(0, ge=0, description="Ranks whose metrics could not be read.")
