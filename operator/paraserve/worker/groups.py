@@ -73,7 +73,6 @@ def form_groups(env: RankEnv, device: torch.device, timeout_seconds: float = 180
         backend=backend,
         init_method="env://",
         timeout=timedelta(seconds=timeout_seconds),
-        device_id=device if device.type == "cuda" else None,
     )
     tp_group: dist.ProcessGroup | None = None
     pp_group: dist.ProcessGroup | None = None

@@ -8,12 +8,14 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from paraserve.api import InferenceDeploymentSpec
+from paraserve.worker.allocation import allocation_report
 from paraserve.worker.env import parse_rank_env
 from paraserve.worker.groups import form_groups
 from paraserve.worker.loadgen import LoadProfile
 from paraserve.worker.metrics import MetricsServer, RankMetrics
 from paraserve.worker.runtime import RunConfig, build_rank, serve
-from paraserve.worker.shape import ModelShape
+from paraserve.worker.shape import TINY_ARCHITECTURE, ModelShape
 
 
 def scrape(port: int, path: str = "/metrics") -> dict[tuple[str, tuple], float]:
@@ -83,6 +85,16 @@ def test_memory_figures_equal_the_tensor_bytes_held(served_rank) -> None:
     assert memory("activations_peak") == rank.meter.peak > 0
     assert memory("process_rss") > weights
     assert samples[("paraserve_rank_memory_used_bytes", ())] == weights + cache + rank.meter.peak
+
+    spec = InferenceDeploymentSpec.model_validate(
+        {
+            "model": {"name": "tiny", "dtype": "float32", "architecture": TINY_ARCHITECTURE},
+            "serving": {"maxBatchSize": 2, "maxSequenceLength": 32},
+        }
+    )
+    (row,) = allocation_report(spec)
+    assert (row.parameters_bytes, row.kv_cache_bytes) == (memory("parameters"), memory("kv_cache"))
+    assert row.ratio == 1.0
 
 
 def test_other_paths_are_404_and_health_is_served(served_rank) -> None:
