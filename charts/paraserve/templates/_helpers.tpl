@@ -1,0 +1,97 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "paraserve.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "paraserve.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "paraserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "paraserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "paraserve.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "paraserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: paraserve
+{{- end -}}
+
+{{- define "paraserve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "paraserve.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "paraserve.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "paraserve.workerImage" -}}
+{{- printf "%s:%s" .Values.workerImage.repository (default .Chart.AppVersion .Values.workerImage.tag) -}}
+{{- end -}}
+
+{{- define "paraserve.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "paraserve.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "paraserve.webhookCertSecret" -}}
+{{- printf "%s-webhook-tls" (include "paraserve.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The webhook: where its certificate lives and how the operator is told about it. */}}
+
+{{- define "paraserve.webhookCertDir" -}}
+/var/run/paraserve/webhook-certs
+{{- end -}}
+
+{{- define "paraserve.webhookPath" -}}
+/validate
+{{- end -}}
+
+{{- define "paraserve.webhookArgs" -}}
+{{- if .Values.webhook.enabled -}}
+- --webhook-port={{ .Values.webhook.port }}
+- --webhook-cert-dir={{ include "paraserve.webhookCertDir" . }}
+{{- if not .Values.webhook.certManager.enabled }}
+- --webhook-service={{ .Release.Namespace }}/{{ include "paraserve.webhookServiceName" . }}
+- --webhook-configuration={{ include "paraserve.fullname" . }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{- define "paraserve.webhookVolumeMounts" -}}
+{{- if .Values.webhook.enabled -}}
+- name: webhook-certs
+  mountPath: {{ include "paraserve.webhookCertDir" . }}
+  readOnly: {{ .Values.webhook.certManager.enabled }}
+{{- end -}}
+{{- end -}}
+
+{{- define "paraserve.webhookVolumes" -}}
+{{- if .Values.webhook.enabled -}}
+- name: webhook-certs
+{{- if .Values.webhook.certManager.enabled }}
+  secret:
+    secretName: {{ include "paraserve.webhookCertSecret" . }}
+{{- else }}
+  emptyDir:
+    sizeLimit: 1Mi
+{{- end }}
+{{- end -}}
+{{- end -}}
