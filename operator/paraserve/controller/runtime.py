@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from paraserve.controller import handlers
+from paraserve.controller import handlers, measurer
 from paraserve.controller.cluster_io import Cluster, load_api_client
 from paraserve.controller.gang import Backoff
 from paraserve.controller.leader import LeaderElector, LeaseTimings
@@ -67,6 +67,10 @@ def build_registry(manager: Manager) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(kopf.login_via_client)
     handlers.register(registry, manager)
+    measurer.register(
+        registry,
+        measurer.Measurer(manager.reconciler.cluster, measurer.MeasureSettings.from_environ()),
+    )
     return registry
 
 
