@@ -177,3 +177,13 @@ def test_plan_does_not_import_kopf_or_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stderr.strip() == "0 []"
+
+
+def test_nodes_as_kubectl_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps(yaml.safe_load(NODES.read_text())))
+    assert main(["plan", "-f", str(GOOD), "--nodes", str(nodes), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gpusInPool"] == 8
+    nodes.write_text('{"kind": "List", "items": [}')
+    assert main(["plan", "-f", str(GOOD), "--nodes", str(nodes)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

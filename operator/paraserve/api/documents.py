@@ -5,6 +5,7 @@ Pure (the caller reads the file); every failure is a DocumentError with one line
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -26,6 +27,12 @@ class DocumentError(ValueError):
 
 def parse_documents(text: str, source: str) -> list[Any]:
     """All non-empty YAML (or JSON) documents of ``text``."""
+    if text.lstrip().startswith("{"):
+        # `kubectl get -o json`: the json module parses large pools ~20× faster than YAML.
+        try:
+            return [json.loads(text)]
+        except json.JSONDecodeError:
+            pass  # not one JSON object; YAML's parser reports the problem
     try:
         return [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
     except yaml.YAMLError as error:

@@ -16,6 +16,7 @@ from paraserve.planner.suggest import Suggestion
 
 _MARK = {"passed": "✅", "failed": "❌", "warning": "⚠️ ", "skipped": "➖"}
 _MAX_STAGE_ROWS = 64
+_MAX_SUGGESTION_ROWS = 25
 
 
 def render(deployment: InferenceDeployment, plan: Plan) -> str:
@@ -59,12 +60,14 @@ def render_suggestions(suggestions: list[Suggestion], asked: str) -> str:
         f" asked: {asked})",
         f"  {'strategy':<22} {'GPUs':>5} {'per GPU':>10} {'of GPU':>8}  now",
     ]
-    for s in suggestions:
+    for s in suggestions[:_MAX_SUGGESTION_ROWS]:
         util = format_percent(s.utilization) if s.utilization is not None else "?"
         lines.append(
             f"  {s.label:<22} {s.gpus_required:>5} {format_bytes(s.total_bytes):>10}"
             f" {util:>8}  {'yes' if s.schedulable_now else 'wait'}"
         )
+    if len(suggestions) > _MAX_SUGGESTION_ROWS:
+        lines.append(f"  … {len(suggestions) - _MAX_SUGGESTION_ROWS} more (-o json lists them all)")
     return "\n".join(lines) + "\n"
 
 
