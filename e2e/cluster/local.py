@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class CommandError(subprocess.CalledProcessError):
+    """A failed kubectl/helm call whose message includes what the tool printed on stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {(self.stderr or '').strip()}"
+
+
 @dataclass(frozen=True)
 class GpuPool:
     """A pool of fake GPU nodes that exists for the duration of a `with` block."""
@@ -67,7 +74,7 @@ class LocalCluster:
         input: str | None = None,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
-        """Run one of the cluster's binaries against it; raises with stderr when check fails."""
+        """Run one of the cluster's binaries against it; raises CommandError when check fails."""
         result = subprocess.run(
             [str(self.bin_dir / binary), *args],
             env=self.env,
@@ -77,9 +84,7 @@ class LocalCluster:
             timeout=timeout,
         )
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(
-                result.returncode, result.args, result.stdout, result.stderr
-            )
+            raise CommandError(result.returncode, result.args, result.stdout, result.stderr)
         return result
 
     def kubectl(

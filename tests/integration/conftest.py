@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from e2e.cluster.fixtures import cluster
+from operator_fixtures import inference_crd, operator
 
-__all__ = ["cluster"]
+__all__ = ["cluster", "inference_crd", "operator"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
