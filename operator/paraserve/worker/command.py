@@ -127,7 +127,15 @@ def _serve(env: Any, config: Any, device_request: str, metrics_addr: str, timeou
 
     log = logging.getLogger("paraserve.worker")
     metrics = RankMetrics(env)
-    server = MetricsServer(metrics.registry, env.metrics_port, env.metrics_path, metrics_addr)
+    try:
+        server = MetricsServer(metrics.registry, env.metrics_port, env.metrics_path, metrics_addr)
+    except OSError as error:
+        print(
+            f"paraserve worker: error: cannot serve metrics on {metrics_addr}:{env.metrics_port}: "
+            f"{error.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     server.start()
     log.info(
         "metrics on :%d%s; rank %d of %d (pp %d/%d, tp %d/%d, sp %d), layers %s",
