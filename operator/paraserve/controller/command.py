@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from paraserve.controller import webhook_options
+
 DEFAULT_WORKER_IMAGE = "ghcr.io/paraserve/paraserve:latest"
 
 
@@ -61,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart-backoff-max", type=float, default=300.0)
     parser.add_argument("--log-format", choices=("json", "plain", "full"), default="json")
     parser.add_argument("-v", "--verbose", action="store_true")
+    webhook_options.add_arguments(parser)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -85,6 +88,11 @@ def run_from_args(args: argparse.Namespace) -> int:
             "paraserve operator: --workers must be ≥ 1 and --renew-deadline < --lease-duration",
             file=sys.stderr,
         )
+        return 2
+    try:
+        webhook = webhook_options.from_args(args)
+    except ValueError as error:
+        print(f"paraserve operator: {error}", file=sys.stderr)
         return 2
     options = OperatorOptions(
         kubeconfig=args.kubeconfig,
@@ -111,6 +119,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         ),
         log_format=args.log_format,
         verbose=args.verbose,
+        webhook=webhook,
     )
     try:
         return run(options)

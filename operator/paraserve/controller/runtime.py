@@ -25,6 +25,7 @@ from paraserve.controller.leader import LeaderElector, LeaseTimings
 from paraserve.controller.manager import Manager
 from paraserve.controller.metrics import OperatorMetrics
 from paraserve.controller.reconciler import ControllerSettings, Reconciler, Views
+from paraserve.controller.webhook_options import WebhookOptions
 
 logger = logging.getLogger("paraserve.operator")
 
@@ -45,6 +46,7 @@ class OperatorOptions:
     lease: LeaseTimings = field(default_factory=LeaseTimings)
     log_format: str = "json"
     verbose: bool = False
+    webhook: WebhookOptions | None = None
 
 
 def default_identity() -> str:
@@ -126,6 +128,13 @@ async def serve(options: OperatorOptions) -> int:
 
     manager = Manager(Reconciler(cluster, Views(), options.controller, metrics), metrics)
     registry = build_registry(manager)
+    settings = operator_settings(options)
+    if options.webhook is not None:
+        from paraserve.controller import webhook_server
+
+        webhook_server.install(
+            options.webhook, registry, settings, manager.reconciler, cluster, options.namespaces
+        )
     stop = asyncio.Event()
     liveness = (
         f"http://{options.health_address}:{options.health_port}/healthz"
@@ -135,7 +144,7 @@ async def serve(options: OperatorOptions) -> int:
     kopf_task = asyncio.create_task(
         kopf.operator(
             registry=registry,
-            settings=operator_settings(options),
+            settings=settings,
             clusterwide=not options.namespaces,
             namespaces=list(options.namespaces),
             liveness_endpoint=liveness,
