@@ -122,7 +122,9 @@ def _reap_child(pid: int) -> None:
 
 def release(record: RunRecord) -> None:
     """Stop every process of a run, delete its working directory and its record."""
-    kill_groups([(p.pid, p.start) for p in record.processes])
+    # Reverse start order: the API server drains quickly while etcd is up, but hangs without it.
+    for proc in reversed(record.processes):
+        kill_groups([(proc.pid, proc.start)], grace=10.0)
     shutil.rmtree(record.workdir, ignore_errors=True)
     record.path.unlink(missing_ok=True)
 
