@@ -151,7 +151,8 @@ def custom_resource_definition() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "paraserve.dev/v1alpha1."},
             "kind": {"type": "string", "description": "InferenceDeployment."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server forbids anything but type here (metadata is implicit).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },

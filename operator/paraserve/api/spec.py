@@ -13,8 +13,14 @@ from paraserve.api.units import Bytes, Dtype, Duration, ParameterCount
 
 GiB = 2**30
 
-# Lets the API server default a nested object, so its own field defaults apply.
-_EMPTY: dict[str, Any] = {"default": {}}
+
+def _defaulted(model: type[SpecModel]) -> dict[str, Any]:
+    """The CRD default of a nested object: the model's own defaults, spelled out.
+
+    The API server validates a default (and its CEL rules) as written, without first
+    applying the defaults of the fields inside it, so ``{}`` would not do.
+    """
+    return {"default": model().model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
 class Architecture(SpecModel):
@@ -279,35 +285,45 @@ class InferenceDeploymentSpec(SpecModel):
     model: ModelSpec = Field(description="The model and its size.")
     parallelism: Parallelism = Field(
         default_factory=Parallelism,
-        json_schema_extra=_EMPTY,
+        json_schema_extra=_defaulted(Parallelism),
         description="Pipeline, tensor and sequence degrees.",
     )
     replicas: int = Field(
         1, ge=0, description="Independent copies (data parallel); each is one gang of ranks."
     )
     serving: Serving = Field(
-        default_factory=Serving, json_schema_extra=_EMPTY, description="Batch and sequence sizing."
+        default_factory=Serving,
+        json_schema_extra=_defaulted(Serving),
+        description="Batch and sequence sizing.",
     )
     gpu: GpuSpec = Field(
-        default_factory=GpuSpec, json_schema_extra=_EMPTY, description="The GPU of each rank."
+        default_factory=GpuSpec,
+        json_schema_extra=_defaulted(GpuSpec),
+        description="The GPU of each rank.",
     )
     memory: MemorySpec = Field(
-        default_factory=MemorySpec, json_schema_extra=_EMPTY, description="Per-GPU reserve."
+        default_factory=MemorySpec,
+        json_schema_extra=_defaulted(MemorySpec),
+        description="Per-GPU reserve.",
     )
     placement: Placement = Field(
-        default_factory=Placement, json_schema_extra=_EMPTY, description="Node pool and layout."
+        default_factory=Placement,
+        json_schema_extra=_defaulted(Placement),
+        description="Node pool and layout.",
     )
     worker: WorkerSpec = Field(
-        default_factory=WorkerSpec, json_schema_extra=_EMPTY, description="The rank container."
+        default_factory=WorkerSpec,
+        json_schema_extra=_defaulted(WorkerSpec),
+        description="The rank container.",
     )
     metrics: MetricsSpec = Field(
         default_factory=MetricsSpec,
-        json_schema_extra=_EMPTY,
+        json_schema_extra=_defaulted(MetricsSpec),
         description="Metrics endpoint of each rank.",
     )
     slo: SloSpec = Field(
         default_factory=SloSpec,
-        json_schema_extra=_EMPTY,
+        json_schema_extra=_defaulted(SloSpec),
         description="Latency and throughput targets.",
     )
 
