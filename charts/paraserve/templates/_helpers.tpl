@@ -61,37 +61,40 @@ app.kubernetes.io/part-of: paraserve
 {{- end -}}
 
 {{- define "paraserve.webhookPath" -}}
-/validate
+/validate-spec
+{{- end -}}
+
+{{/* The name the operator gives the configuration it manages (webhook_server.py). */}}
+{{- define "paraserve.webhookConfigurationName" -}}
+paraserve.dev
 {{- end -}}
 
 {{- define "paraserve.webhookArgs" -}}
 {{- if .Values.webhook.enabled -}}
-- --webhook-port={{ .Values.webhook.port }}
+{{- if .Values.webhook.certManager.enabled -}}
+- --webhook=external
 - --webhook-cert-dir={{ include "paraserve.webhookCertDir" . }}
-{{- if not .Values.webhook.certManager.enabled }}
+{{- else -}}
+- --webhook=self-managed
 - --webhook-service={{ .Release.Namespace }}/{{ include "paraserve.webhookServiceName" . }}
-- --webhook-configuration={{ include "paraserve.fullname" . }}
 {{- end }}
+- --webhook-port={{ .Values.webhook.port }}
+- --webhook-service-port=443
 {{- end -}}
 {{- end -}}
 
 {{- define "paraserve.webhookVolumeMounts" -}}
-{{- if .Values.webhook.enabled -}}
+{{- if and .Values.webhook.enabled .Values.webhook.certManager.enabled -}}
 - name: webhook-certs
   mountPath: {{ include "paraserve.webhookCertDir" . }}
-  readOnly: {{ .Values.webhook.certManager.enabled }}
+  readOnly: true
 {{- end -}}
 {{- end -}}
 
 {{- define "paraserve.webhookVolumes" -}}
-{{- if .Values.webhook.enabled -}}
+{{- if and .Values.webhook.enabled .Values.webhook.certManager.enabled -}}
 - name: webhook-certs
-{{- if .Values.webhook.certManager.enabled }}
   secret:
     secretName: {{ include "paraserve.webhookCertSecret" . }}
-{{- else }}
-  emptyDir:
-    sizeLimit: 1Mi
-{{- end }}
 {{- end -}}
 {{- end -}}
