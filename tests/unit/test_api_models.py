@@ -59,7 +59,7 @@ def test_camel_case_on_the_wire_and_snake_case_in_python() -> None:
     # populate_by_name: Python names work too, and the round trip is stable.
     again = InferenceDeploymentSpec.model_validate(wire)
     assert again == s
-    assert InferenceDeploymentSpec(model={"name": "m", "parameters": 7}).model.parameters == 7  # type: ignore[arg-type]
+    assert InferenceDeploymentSpec(model={"name": "m", "parameters": 7}).model.parameters == 7
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_schema_is_structural() -> None:
 
 
 def assert_valid_default(path: str, node: dict[str, Any], value: Any) -> None:
-    python = {
+    python: Any = {
         "object": dict, "array": list, "string": str, "integer": int,
         "number": (int, float), "boolean": bool,
     }[node["type"]]  # fmt: skip

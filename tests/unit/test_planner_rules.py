@@ -34,7 +34,7 @@ def messages(result: Plan, code: str) -> list[str]:
 def test_every_degree_is_at_least_one(degree: str) -> None:
     # The models reject a zero degree; the planner still guards specs built without validation.
     degrees = {"pipeline": 4, "tensor": 2, "sequence": 1, degree: 0}
-    target = spec().model_copy(update={"parallelism": Parallelism.model_construct(**degrees)})
+    target = spec().model_copy(update={"parallelism": Parallelism.model_construct(None, **degrees)})
     result = verdict(target)
     assert not result.feasible
     assert messages(result, codes.INVALID_PARALLELISM) == [f"{degree} must be ≥ 1, got 0"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -74,7 +74,7 @@ class Plan(FrozenWire):
     checks: list[Check] = Field(default_factory=list, exclude=True)
     worst_stage: int = Field(default=0, exclude=True)
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         """Exactly DESIGN.md's JSON object (camelCase; nulls kept)."""
         return self.model_dump(mode="json", by_alias=True)
 
