@@ -181,3 +181,35 @@ def test_the_server_registers_itself_and_answers_over_verified_tls() -> None:
     assert len(seen) == 1 and seen[0]["url"] == f"https://127.0.0.1:{options.port}"
     assert url == f"https://127.0.0.1:{options.port}/{HANDLER_ID}"
     assert answer == {"seen": 1, "webhook": HANDLER_ID}
+
+
+def test_service_mode_certificates_name_the_service() -> None:
+    server = build_server(WebhookOptions(service=("ops", "paraserve-webhook")))
+    assert server.host == "paraserve-webhook.ops.svc"
+    assert list(server.extra_sans) == [
+        "paraserve-webhook",
+        "paraserve-webhook.ops",
+        "paraserve-webhook.ops.svc.cluster.local",
+    ]
+
+
+def test_a_mounted_certificate_is_served_and_becomes_the_ca_bundle(tmp_path: Path) -> None:
+    cert_pem, key_pem = self_signed_certificate(["127.0.0.1"])
+    (tmp_path / "tls.crt").write_bytes(cert_pem)
+    (tmp_path / "tls.key").write_bytes(key_pem)
+    options = WebhookOptions(
+        mode="external", address="127.0.0.1", host="127.0.0.1", port=_free_port(), cert_dir=tmp_path
+    )
+
+    async def webhookfn(request: Any, **_: Any) -> Any:
+        return {}
+
+    async def first_config() -> Any:
+        configs = build_server(options)(webhookfn)
+        try:
+            return await asyncio.wait_for(configs.__anext__(), timeout=20)
+        finally:
+            await configs.aclose()  # type: ignore[attr-defined]
+
+    config = asyncio.run(first_config())
+    assert base64.b64decode(config["caBundle"]) == cert_pem
