@@ -87,6 +87,7 @@ class Measurer:
         self.deployments: Mapping[Any, Iterable[Any]] = {}
         self.targets: Mapping[Any, Iterable[Target]] = {}
         self._history: dict[Key, History] = {}
+        self._unreachable: dict[Key, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def bind(self, indices: Mapping[str, Any]) -> None:
@@ -116,6 +117,7 @@ class Measurer:
         keys = [key for key in list(self.deployments.keys()) if isinstance(key, tuple)]
         for key in [k for k in self._history if k not in keys]:
             del self._history[key]
+            self._unreachable.pop(key, None)
         results = await asyncio.gather(
             *(self.measure(key, session, limit) for key in keys), return_exceptions=True
         )
@@ -166,8 +168,10 @@ class Measurer:
                 continue
             scrape = Scrape(now, reading)
             windows.append((scrape, history.record(target.uid, scrape)))
-        if unreachable:
-            logger.info("%s/%s: %d ranks unreachable: %s", *key, len(unreachable), unreachable[0])
+        if len(unreachable) != self._unreachable.get(key, 0):  # log changes, not every interval
+            self._unreachable[key] = len(unreachable)
+            first = f": {unreachable[0]}" if unreachable else ""
+            logger.info("%s/%s: %d ranks unreachable%s", *key, len(unreachable), first)
         gpu = ((status.get("plan") or {}).get("memory") or {}).get("gpuMemoryBytes")
         measurement = aggregate(
             windows, unreachable=len(unreachable), gpu_memory_bytes=int(gpu) if gpu else None
