@@ -80,8 +80,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, pool: Pool
     """Register the webhook's handlers on `registry` (they read the reconciler's indexes)."""
 
     # kopf runs watch handlers only once every index is loaded: the first node event says so.
+    # Both handlers are coroutines: kopf would run plain functions in threads, while the
+    # indexes they read are changed on the event loop.
     @kopf.on.event("v1", "nodes", id="webhook-pool-known", registry=registry)
-    def pool_known(**_: Any) -> None:
+    async def pool_known(**_: Any) -> None:
         pool.known = True
 
     @kopf.on.validate(
@@ -95,7 +97,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, pool: Pool
         side_effects=False,
         registry=registry,
     )
-    def validate_spec(body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
+    async def validate_spec(body: kopf.Body, warnings: list[str], **kwargs: Any) -> None:
         # `old` is None on CREATE; on UPDATE it is the stored object.
         old, new = kwargs.get("old"), kwargs.get("new")
         if body.metadata.get("deletionTimestamp") or not spec_changed(old, new):

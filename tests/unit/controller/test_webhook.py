@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -196,7 +197,7 @@ def test_the_handler_refuses_with_the_arithmetic() -> None:
     handler = registered()
     bad = body_of("pp8", raw_spec(parallelism={"pipeline": 8, "tensor": 2, "sequence": 2}))
     with pytest.raises(kopf.AdmissionError) as refused:
-        handler.fn(body=bad, old=None, new=bad, warnings=[])
+        asyncio.run(handler.fn(body=bad, old=None, new=bad, warnings=[]))
     assert str(refused.value).startswith(REVIEW_MESSAGE)
     assert refused.value.code == 403
 
@@ -206,9 +207,9 @@ def test_the_handler_admits_metadata_updates_and_deletions_of_bad_specs() -> Non
     bad = raw_spec(parallelism={"pipeline": 8, "tensor": 2, "sequence": 2})
     old = body_of("pp8", bad)
     new = body_of("pp8", bad, annotations={"paraserve.dev/gang": "{}"})
-    handler.fn(body=new, old=old, new=new, warnings=[])
+    asyncio.run(handler.fn(body=new, old=old, new=new, warnings=[]))
     deleting = body_of("pp8", bad, deletionTimestamp="2026-01-01T00:00:00Z")
-    handler.fn(body=deleting, old=None, new=deleting, warnings=[])
+    asyncio.run(handler.fn(body=deleting, old=None, new=deleting, warnings=[]))
 
 
 def test_the_handler_passes_warnings_to_kubectl() -> None:
@@ -216,7 +217,7 @@ def test_the_handler_passes_warnings_to_kubectl() -> None:
     register(registry, reconciler([node()], [gpu_pod("other", 4)]), PoolWatch(known=True))
     good = body_of("pp4", raw_spec())
     warnings: list[str] = []
-    handler_of(registry).fn(body=good, old=None, new=good, warnings=warnings)
+    asyncio.run(handler_of(registry).fn(body=good, old=None, new=good, warnings=warnings))
     assert warnings and warnings[0].startswith("InsufficientFreeGPUs: ")
 
 
@@ -230,7 +231,7 @@ def test_the_handler_fails_open_on_its_own_errors(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(broken, "_pool_for", boom)
     register(registry, broken, PoolWatch(known=True))
     good = body_of("pp4", raw_spec())
-    handler_of(registry).fn(body=good, old=None, new=good, warnings=[])
+    asyncio.run(handler_of(registry).fn(body=good, old=None, new=good, warnings=[]))
 
 
 def test_the_pool_becomes_known_on_the_first_node_event() -> None:
@@ -238,5 +239,5 @@ def test_the_pool_becomes_known_on_the_first_node_event() -> None:
     watch = PoolWatch()
     register(registry, reconciler([]), watch)
     (event,) = [h for h in registry._watching.get_all_handlers() if h.id == "webhook-pool-known"]
-    event.fn()
+    asyncio.run(event.fn())
     assert watch.known
