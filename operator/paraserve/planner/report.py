@@ -113,6 +113,8 @@ def _memory_lines(deployment: InferenceDeployment, plan: Plan) -> list[str]:
             f" / (PP={p.pipeline} × TP={p.tensor})"
         )
         why["KV cache"] = why["activations"] = "coarse mode: carried by the overhead"
+    elif plan.exact and plan.stages:
+        why |= _exact_notes(deployment, plan)
     lines = [f"Memory per GPU (worst rank: stage {plan.worst_stage})"]
     for name, value in (
         ("weights", m.weights_bytes),
@@ -132,6 +134,26 @@ def _memory_lines(deployment: InferenceDeployment, plan: Plan) -> list[str]:
     else:
         lines.append(f"  {'total':<12} {total:>10}  (GPU memory unknown)")
     return lines
+
+
+def _exact_notes(deployment: InferenceDeployment, plan: Plan) -> dict[str, str]:
+    """The exact model's arithmetic for the worst rank (docs/planner.md has the formulas)."""
+    spec = deployment.spec
+    model, serving, p = spec.model, spec.serving, spec.parallelism
+    arch = model.architecture
+    stage = plan.stages[plan.worst_stage]
+    if arch is None or stage.layers is None:
+        return {}
+    layers = stage.layers[1] - stage.layers[0]
+    kv = -(-(arch.kv_heads or 0) // p.tensor)
+    params = plan.memory.weights_bytes * 8 // model.dtype.bits
+    tokens = f"{serving.max_batch_size} × {serving.max_sequence_length}"
+    return {
+        "weights": f"{format_count(params)} parameters × {model.dtype.bytes:g} B",
+        "KV cache": f"2 × {layers} layers × {kv} KV heads × {arch.effective_head_dim} × "
+        f"{model.kv_dtype.bytes:g} B × {tokens} tokens",
+        "activations": f"prefill peak of one layer for {tokens} tokens / SP={p.sequence}",
+    }
 
 
 def _verdict(plan: Plan) -> str:
