@@ -210,17 +210,20 @@ def test_a_real_replica_is_measured_and_meets_its_slo(
             stage_memory(spec, par, stage, None)
             for stage in stage_shapes(TINY["numLayers"], par.pipeline)  # type: ignore[arg-type]
         ]
-        rows = ["| rank | pp | tp | measured params + KV (B) | estimate (B) | ratio |"]
-        rows.append("| --- | --- | --- | --- | --- | --- |")
+        rows = [
+            "| rank | pp | tp | parameters measured / estimated (B) "
+            "| KV cache measured / estimated (B) | (params + KV) ratio |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for pod in sorted(readings, key=lambda p: int(p.rsplit("-", 1)[1])):
             rank = int(pod.rsplit("-", 1)[1])
             pp_rank, tp_rank = divmod(rank, par.tensor)
-            r = readings[pod]
-            held = int((r.parameters_bytes or 0) + (r.kv_cache_bytes or 0))
-            estimate = estimates[pp_rank].weights_bytes + estimates[pp_rank].kv_cache_bytes
-            ratio = held / estimate
+            r, e = readings[pod], estimates[pp_rank]
+            params, kv = int(r.parameters_bytes or 0), int(r.kv_cache_bytes or 0)
+            ratio = (params + kv) / (e.weights_bytes + e.kv_cache_bytes)
             rows.append(
-                f"| {rank} | {pp_rank} | {tp_rank} | {held:,} | {estimate:,} | {ratio:.3f} |"
+                f"| {rank} | {pp_rank} | {tp_rank} | {params:,} / {e.weights_bytes:,} "
+                f"| {kv:,} / {e.kv_cache_bytes:,} | {ratio:.3f} |"
             )
             assert 0.8 < ratio < 1.25, rows
         figure = "\n".join(rows)
