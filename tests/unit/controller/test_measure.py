@@ -276,3 +276,37 @@ def test_the_loop_reads_the_endpoints_and_reports_an_unreachable_rank() -> None:
     assert "throughputRps" not in measured  # one scrape: no rate yet
     [condition] = patch["status"]["conditions"]
     assert (condition["type"], condition["status"]) == ("MeetsSLO", "True")
+
+
+def test_settings_come_from_the_operator_environment() -> None:
+    settings = MeasureSettings.from_environ(
+        {"PARASERVE_MEASURE_INTERVAL": "2", "PARASERVE_MEASURE_CONCURRENCY": "4"}
+    )
+    assert (settings.interval, settings.concurrency, settings.window) == (2.0, 4, 60.0)
+    assert MeasureSettings.from_environ({}) == MeasureSettings()
+
+
+@pytest.mark.parametrize(
+    ("phase", "ready"),
+    [("Rejected", True), ("Pending", True), ("Scheduling", False)],
+)
+def test_nothing_is_scraped_or_written_without_ready_ranks_of_a_planned_deployment(
+    phase: str, ready: bool
+) -> None:
+    async def scenario() -> tuple[bool, list[dict[str, Any]]]:
+        body = _deployment({})
+        body["status"]["phase"] = phase
+        cluster = RecordingCluster()
+        measurer = Measurer(cluster, MeasureSettings(timeout=0.5))  # type: ignore[arg-type]
+        target = Target("d-0-0", "u0", 0, 0, ready, "10.255.255.1", None)
+        measurer.bind(
+            {
+                "deployments": {("ns", "d"): [body]},
+                "metrics_targets": {("ns", "d"): [target]},
+            }
+        )
+        async with aiohttp.ClientSession() as session:
+            written = await measurer.measure(("ns", "d"), session, asyncio.Semaphore(1))
+        return written, cluster.patches
+
+    assert asyncio.run(asyncio.wait_for(scenario(), timeout=10)) == (False, [])
