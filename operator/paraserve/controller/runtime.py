@@ -82,6 +82,9 @@ def configure_logging(options: OperatorOptions) -> None:
         verbose=options.verbose,
         log_format=formats.get(options.log_format, kopf.LogFormat.FULL),
     )
+    if not options.verbose:
+        # kopf reports every watch handler's success per object; our reconciles log what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 @contextlib.asynccontextmanager

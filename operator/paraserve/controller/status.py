@@ -71,9 +71,9 @@ def count_ranks(spec: InferenceDeploymentSpec, pods: Sequence[ObservedPod]) -> C
 def _counts(obs: Observation) -> Counts | None:
     if obs.spec is None:
         return None
-    if obs.rejection is not None:
+    alive = [p for p in obs.pods if not p.broken]
+    if obs.rejection is not None and alive:
         # An invalid change: the pods of the last valid version keep serving, whatever shape.
-        alive = [p for p in obs.pods if not p.broken]
         return Counts(
             total=len(alive),
             present=len(alive),
