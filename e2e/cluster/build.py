@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -9,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from e2e.cluster.components import COMPONENTS, KWOK, KWOK_STAGES, Component
@@ -50,9 +53,16 @@ def _external(component: Component, binary: str) -> Path | None:
     return None
 
 
-def _is_built(component: Component) -> bool:
-    done = (component_dir(component) / ".complete").is_file()
-    return done and (component is not KWOK or all(p.is_file() for p in kwok_stages()))
+def _to_build(component: Component) -> list[str]:
+    """Binaries of a component that neither an envtest variable nor the cache provides."""
+    target = component_dir(component)
+    return [
+        b for b in component.binaries if not _external(component, b) and not (target / b).is_file()
+    ]
+
+
+def _stages_present() -> bool:
+    return all(p.is_file() for p in kwok_stages())
 
 
 def binary_path(binary: str) -> Path:
@@ -100,61 +110,81 @@ def _module_dir_in_cache(component: Component, module: str) -> Path:
     return Path(info["Dir"])
 
 
-def build_component(component: Component, log: bool = True) -> Path:
-    """Build every binary of one component into its cache directory, unless already there."""
-    target = component_dir(component)
-    if _is_built(component):
-        return target
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+def _go_build(component: Component, binary: str, output: Path) -> None:
     ldflags = " ".join(["-s", "-w", *component.ldflags])
-    for binary, package in component.binaries.items():
-        if _external(component, binary):
-            continue
+    subprocess.run(
+        [
+            "nice",
+            "-n",
+            "10",
+            "go",
+            "build",
+            "-trimpath",
+            f"-ldflags={ldflags}",
+            "-o",
+            str(output),
+            component.binaries[binary],
+        ],
+        cwd=component.module_dir,
+        env=_go_env(),
+        check=True,
+    )
+
+
+def _copy_kwok_stages() -> None:
+    source = _module_dir_in_cache(KWOK, KWOK.module) / "kustomize" / "stage"
+    target = component_dir(KWOK) / "stages"
+    partial = target.with_name(f".stages.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    # The whole stage tree, so the choice of stages (KWOK_STAGES) can change without a build.
+    shutil.copytree(source, partial)
+    for path in [partial, *partial.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def build_component(component: Component, log: bool = True) -> Path:
+    """Build the binaries of one component that are not there yet into its cache directory."""
+    target = component_dir(component)
+    target.mkdir(parents=True, exist_ok=True)
+    for binary in _to_build(component):
         started = time.monotonic()
         if log:
             print(f"building {binary} ({component.module} {component.version})", flush=True)
-        subprocess.run(
-            [
-                "nice",
-                "-n",
-                "10",
-                "go",
-                "build",
-                "-trimpath",
-                f"-ldflags={ldflags}",
-                "-o",
-                str(staging / binary),
-                package,
-            ],
-            cwd=component.module_dir,
-            env=_go_env(),
-            check=True,
-        )
+        partial = target / f".{binary}.{os.getpid()}.partial"
+        try:
+            _go_build(component, binary, partial)
+            partial.replace(target / binary)  # atomic: a binary in the cache is always whole
+        finally:
+            partial.unlink(missing_ok=True)
         if log:
             print(f"built {binary} in {time.monotonic() - started:.0f}s", flush=True)
-    if component is KWOK:
-        source = _module_dir_in_cache(component, component.module)
-        # The whole stage tree, so the choice of stages (KWOK_STAGES) can change without a build.
-        shutil.copytree(source / "kustomize" / "stage", staging / "stages")
-        for path in [staging / "stages", *(staging / "stages").rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-    (staging / ".complete").write_text(component.version + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    if component is KWOK and not _stages_present():
+        _copy_kwok_stages()
     return target
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    # Two test runs starting on a cold cache build once, not twice on two cores.
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def build_all() -> None:
     """Build (or reuse) every component, one after another."""
     started = time.monotonic()
-    for component in COMPONENTS:
-        needs_build = any(not _external(component, b) for b in component.binaries)
-        if component is KWOK:
-            needs_build = True  # its stage files come from the module, not from a binary
-        if needs_build and not _is_built(component):
-            build_component(component)
+    with _build_lock():
+        for component in COMPONENTS:
+            if _to_build(component) or (component is KWOK and not _stages_present()):
+                build_component(component)
     if absent := missing():
         sys.exit(f"missing binaries after build: {absent}")
     print(f"binaries ready in {time.monotonic() - started:.0f}s under {cache_root()}", flush=True)
