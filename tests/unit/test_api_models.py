@@ -100,6 +100,10 @@ def test_unknown_field_without_a_close_one_lists_the_known() -> None:
         ({**MINIMAL, "parallelism": {"tensor": 0}}, "spec.parallelism.tensor: Input should be"),
         ({**MINIMAL, "parallelism": {"pipeline": "four"}}, "spec.parallelism.pipeline:"),
         ({**MINIMAL, "replicas": -1}, "spec.replicas:"),
+        (
+            {**MINIMAL, "parallelism": {"pipeline": 10**12}},
+            "spec.parallelism.pipeline: Input should be less than or equal to 1024",
+        ),
         ({**MINIMAL, "gpu": {"memory": "80GB"}}, "write 80G (decimal) or 80Gi (binary)"),
         ({**MINIMAL, "gpu": {"maxMemoryUtilization": 1.5}}, "spec.gpu.maxMemoryUtilization:"),
         ({"model": {"name": "m", "parameters": "7X"}}, "spec.model.parameters: '7X'"),

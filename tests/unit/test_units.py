@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from paraserve.api import (
     Dtype,
@@ -105,3 +107,22 @@ def test_formatting_uses_decimal_units() -> None:
     assert format_percent(0.85) == "85 %"
     assert format_count(70_000_000_000) == "70B"
     assert format_count(8_030_000_000) == "8.03B"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(max_size=12),
+        st.from_regex(r"[-+]?[0-9.]{1,6}([eE][-+]?[0-9]{1,10})?(Ki|Mi|Gi|k|M|G|B|T|ms|s|m|h)?"),
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["nan", "NaN", "inf", "-Infinity", "1e999999999", "1e999999999Gi"]),
+    )
+)
+def test_parsers_fail_only_with_value_error(value: object) -> None:
+    for parse in (parse_bytes, parse_count, parse_duration):
+        try:
+            result = parse(value)
+        except ValueError:
+            continue
+        assert result >= 0

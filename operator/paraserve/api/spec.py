@@ -13,6 +13,10 @@ from paraserve.api.units import Bytes, Dtype, Duration, ParameterCount
 
 GiB = 2**30
 
+#: Largest degree of any parallelism: beyond every real model, small enough to plan quickly.
+MAX_DEGREE = 1024
+MAX_REPLICAS = 65536
+
 
 def _defaulted(model: type[SpecModel]) -> dict[str, Any]:
     """The CRD default of a nested object: the model's own defaults, spelled out.
@@ -138,12 +142,15 @@ class Parallelism(SpecModel):
     )
 
     pipeline: int = Field(
-        1, ge=1, description="Pipeline stages (PP); layers are split across them."
+        1, ge=1, le=MAX_DEGREE, description="Pipeline stages (PP); layers are split across them."
     )
-    tensor: int = Field(1, ge=1, description="Tensor-parallel degree (TP): GPUs per stage.")
+    tensor: int = Field(
+        1, ge=1, le=MAX_DEGREE, description="Tensor-parallel degree (TP): GPUs per stage."
+    )
     sequence: int = Field(
         1,
         ge=1,
+        le=MAX_DEGREE,
         description="Sequence-parallel degree (SP), 1 or tensor: shards activations inside the"
         " tensor-parallel group and adds no GPUs.",
     )
@@ -289,7 +296,10 @@ class InferenceDeploymentSpec(SpecModel):
         description="Pipeline, tensor and sequence degrees.",
     )
     replicas: int = Field(
-        1, ge=0, description="Independent copies (data parallel); each is one gang of ranks."
+        1,
+        ge=0,
+        le=MAX_REPLICAS,
+        description="Independent copies (data parallel); each is one gang of ranks.",
     )
     serving: Serving = Field(
         default_factory=Serving,

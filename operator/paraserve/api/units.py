@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import re
-from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from collections.abc import Callable
+from decimal import Decimal, DecimalException, InvalidOperation
+from functools import wraps
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BeforeValidator, WithJsonSchema
 
@@ -41,11 +43,38 @@ def _number(text: str, what: str) -> Decimal:
         raise ValueError(f"{text!r} is not a valid {what}") from None
 
 
+# Kubernetes stores quantities as int64; anything larger (or NaN, infinite) is a typo.
+_LIMIT = Decimal(2**63 - 1)
+
+
+def _bounded(amount: Decimal, value: Any) -> Decimal:
+    if not amount.is_finite() or abs(amount) > _LIMIT:
+        raise ValueError(f"{value!r} is out of range")
+    return amount
+
+
+_T = TypeVar("_T")
+
+
+def _arithmetic_is_bad_input(parse: Callable[[Any], _T]) -> Callable[[Any], _T]:
+    """Decimal overflow and friends (``10E999999``) are bad input, not crashes."""
+
+    @wraps(parse)
+    def guarded(value: Any) -> _T:
+        try:
+            return parse(value)
+        except DecimalException:
+            raise ValueError(f"{value!r} is out of range") from None
+
+    return guarded
+
+
 def _reject_non_scalar(value: Any, what: str, example: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError(f"expected {what} (e.g. {example}), got {type(value).__name__}")
 
 
+@_arithmetic_is_bad_input
 def parse_bytes(value: Any) -> int:
     """A Kubernetes quantity of bytes (``80Gi``, ``80G``, ``81559Mi``, ``1e9``, 123) → int."""
     _reject_non_scalar(value, "a quantity of bytes", "80Gi, 80G or 85899345920")
@@ -73,6 +102,7 @@ def parse_bytes(value: Any) -> int:
                 f"{value!r}: unknown unit {suffix!r} (use Ki, Mi, Gi, Ti or k, M, G, T)"
             )
         amount = _number(number, "quantity") * scale
+    amount = _bounded(amount, value)
     if amount < 0:
         raise ValueError(f"{value!r} is negative")
     if amount != amount.to_integral_value():
@@ -80,6 +110,7 @@ def parse_bytes(value: Any) -> int:
     return int(amount)
 
 
+@_arithmetic_is_bad_input
 def parse_count(value: Any) -> int:
     """A parameter count (``70B``, ``8.03B``, ``405B``, ``1.5T``, ``70e9``, 7000000000) → int."""
     _reject_non_scalar(value, "a parameter count", "70B, 8.03B or 70e9")
@@ -93,11 +124,13 @@ def parse_count(value: Any) -> int:
             raise ValueError(f"{value!r}: unknown suffix {suffix!r} (use K, M, B or T)")
         amount = _number(number, "parameter count (e.g. 70B, 8.03B, 70e9)")
         amount *= _COUNT_SUFFIX[suffix]
+    amount = _bounded(amount, value)
     if amount <= 0:
         raise ValueError(f"{value!r}: a parameter count must be positive")
     return int(amount.to_integral_value())
 
 
+@_arithmetic_is_bad_input
 def parse_duration(value: Any) -> float:
     """A duration (``100ms``, ``1s``, ``1m30s``, or a number of seconds) → seconds."""
     _reject_non_scalar(value, "a duration", "100ms, 1s or 0.5")
@@ -112,6 +145,7 @@ def parse_duration(value: Any) -> float:
             if not parts or "".join(n + u for n, u in parts) != text:
                 raise ValueError(f"{value!r} is not a duration (e.g. 100ms, 1s, 1m30s)") from None
             seconds = sum((Decimal(n) * _DURATION_UNITS[u] for n, u in parts), Decimal(0))
+    seconds = _bounded(seconds, value)
     if seconds < 0:
         raise ValueError(f"{value!r}: a duration must not be negative")
     return float(seconds)

@@ -30,7 +30,14 @@ def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
 
     num_layers = spec.model.architecture.num_layers if spec.model.architecture else None
     shapes = stage_shapes(num_layers, p.pipeline)
-    per_stage = [stage_memory(spec, p, shape, gpu_memory) for shape in shapes]
+    # Stages differ only in layer count and first/last: at most four distinct breakdowns.
+    distinct: dict[tuple[int, bool, bool], MemoryBreakdown] = {}
+    per_stage = []
+    for shape in shapes:
+        key = (shape.layers, shape.first, shape.last)
+        if key not in distinct:
+            distinct[key] = stage_memory(spec, p, shape, gpu_memory)
+        per_stage.append(distinct[key])
     worst_stage, memory = worst(per_stage)
     checks.append(rules.memory_limit(spec, worst_stage, memory))
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pydantic import ConfigDict, Field
 
 from paraserve.api import InferenceDeploymentSpec, Parallelism, WireModel
+from paraserve.api.spec import MAX_DEGREE
 from paraserve.planner.plan import plan
 from paraserve.planner.pool import Pool
 
@@ -74,7 +75,7 @@ def candidates(spec: InferenceDeploymentSpec, pool: Pool) -> Iterator[Parallelis
     arch = spec.model.architecture
     heads = arch.num_attention_heads if arch else None
     num_layers = arch.num_layers if arch else None
-    max_tensor = budget
+    max_tensor = min(budget, MAX_DEGREE)
     if spec.placement.tensor_parallel_within_node:
         max_tensor = min(max_tensor, pool.largest_node)
     for tensor in range(1, max_tensor + 1):
@@ -83,7 +84,7 @@ def candidates(spec: InferenceDeploymentSpec, pool: Pool) -> Iterator[Parallelis
                 continue
         elif tensor > SMALL_TENSOR and tensor & (tensor - 1):
             continue  # without head counts, only powers of two beyond 8
-        max_pipeline = min(budget // tensor, num_layers or MAX_PIPELINE_WITHOUT_LAYERS)
+        max_pipeline = min(budget // tensor, num_layers or MAX_PIPELINE_WITHOUT_LAYERS, MAX_DEGREE)
         for pipeline in range(1, max_pipeline + 1):
             for sequence in sorted({1, tensor}):
                 yield Parallelism(pipeline=pipeline, tensor=tensor, sequence=sequence)
