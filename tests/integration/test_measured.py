@@ -244,6 +244,25 @@ def test_a_real_replica_is_measured_and_meets_its_slo(
         assert condition["status"] == "False" and "prefill P99" in condition["message"]
         print(f"\n--- MeetsSLO after prefillP99: 100µs ---\n{json.dumps(condition, indent=1)}")
 
+        # A gang restart: the harness stops the old ranks and runs the new pods, which meet
+        # on a new port; the operator measures all four again.
+        before = {rank.uid for rank in runner.ranks.values()}
+        cluster.kubectl("delete", "pod", f"{name}-0-3", "-n", namespace, "--wait=false")
+
+        def remeasured() -> dict[str, Any] | None:
+            uids = {rank.uid for rank in runner.ranks.values()}
+            status = status_of(cluster, namespace, name)
+            fresh = len(uids) == 4 and not uids & before
+            scraped = (status.get("measured") or {}).get("ranksScraped") == 4
+            return status if fresh and scraped and status.get("restarts", 0) >= 1 else None
+
+        restarted = wait(cluster, remeasured, 240, "the recreated replica measured", logs)
+        assert restarted["measured"]["ranksUnreachable"] == 0
+
+        # Deleting the deployment deletes its pods; the harness stops their processes.
+        cluster.kubectl("delete", "infd", name, "-n", namespace, "--wait=false")
+        wait(cluster, lambda: not runner.addresses(), 120, "rank processes stopped", logs)
+
 
 # -- status follows the endpoint -------------------------------------------------------------
 
