@@ -275,13 +275,15 @@ def local_operator(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `paraserve operator` in the background for the `with` block; stop it after."""
     command = operator_command(kubeconfig, lease_namespace=lease_namespace, extra=extra)
+    # kopf logs in from $KUBECONFIG (its login handler does not see --kubeconfig).
+    run_env = {**(env or os.environ), "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
+            env=run_env,
             cwd=REPO,
             start_new_session=True,
         )
