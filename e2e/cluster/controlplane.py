@@ -118,7 +118,7 @@ class ControlPlane:
         self._stopped = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
-        processes.release(self._record)
+        processes.release(self._record, keep_logs_in=os.environ.get("PARASERVE_CLUSTER_LOGS"))
 
     def __enter__(self) -> ControlPlane:
         return self.start()

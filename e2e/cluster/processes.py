@@ -120,11 +120,17 @@ def _reap_child(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def release(record: RunRecord) -> None:
-    """Stop every process of a run, delete its working directory and its record."""
+def release(record: RunRecord, keep_logs_in: str | None = None) -> None:
+    """Stop every process of a run, delete its working directory and its record.
+
+    With `keep_logs_in`, the components' logs are first copied to `<keep_logs_in>/<run_id>/`.
+    """
     # Reverse start order: the API server drains quickly while etcd is up, but hangs without it.
     for proc in reversed(record.processes):
         kill_groups([(proc.pid, proc.start)], grace=10.0)
+    logs = Path(record.workdir) / "logs"
+    if keep_logs_in and logs.is_dir():
+        shutil.copytree(logs, Path(keep_logs_in) / record.run_id, dirs_exist_ok=True)
     shutil.rmtree(record.workdir, ignore_errors=True)
     record.path.unlink(missing_ok=True)
 
