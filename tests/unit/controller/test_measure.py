@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from expositions import PARASERVE
+from expositions import PARASERVE, VLLM
 
 from paraserve.api import SloSpec
 from paraserve.controller.measure import (
@@ -234,40 +234,40 @@ def _deployment(slo: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _measure_once(text: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """One pass of the loop over a live endpoint serving `text`, a closed port and an extra pod."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=text, content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    targets = [
+        Target("d-0-0", "u0", 0, 0, True, None, f"127.0.0.1:{port}"),
+        Target("d-0-1", "u1", 0, 1, True, None, f"127.0.0.1:{_closed_port()}"),
+        Target("d-0-2", "u2", 0, 2, True, "10.0.0.9", None),  # rank ≥ world size: ignored
+    ]
+    body = _deployment({"prefillP99": "1s"})
+    body["spec"].update(spec)
+    cluster = RecordingCluster()
+    measurer = Measurer(cluster, MeasureSettings(timeout=2))  # type: ignore[arg-type]
+    measurer.bind({"deployments": {("ns", "d"): [body]}, "metrics_targets": {("ns", "d"): targets}})
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await measurer.measure(("ns", "d"), session, asyncio.Semaphore(2))
+    finally:
+        await runner.cleanup()
+    return cluster.patches
+
+
 def test_the_loop_reads_the_endpoints_and_reports_an_unreachable_rank() -> None:
-    async def scenario() -> list[dict[str, Any]]:
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(text=PARASERVE, content_type="text/plain")
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        targets = [
-            Target("d-0-0", "u0", 0, 0, True, None, f"127.0.0.1:{port}"),
-            Target("d-0-1", "u1", 0, 1, True, None, f"127.0.0.1:{_closed_port()}"),
-            Target("d-0-2", "u2", 0, 2, True, "10.0.0.9", None),  # rank ≥ world size: ignored
-        ]
-        cluster = RecordingCluster()
-        measurer = Measurer(cluster, MeasureSettings(timeout=2))  # type: ignore[arg-type]
-        measurer.bind(
-            {
-                "deployments": {("ns", "d"): [_deployment({"prefillP99": "1s"})]},
-                "metrics_targets": {("ns", "d"): targets},
-            }
-        )
-        try:
-            async with aiohttp.ClientSession() as session:
-                written = await measurer.measure(("ns", "d"), session, asyncio.Semaphore(2))
-        finally:
-            await runner.cleanup()
-        assert written
-        return cluster.patches
-
-    [patch] = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    scenario = _measure_once
+    [patch] = asyncio.run(asyncio.wait_for(scenario(PARASERVE, {}), timeout=30))
     measured = patch["status"]["measured"]
     assert measured["ranksScraped"] == 1 and measured["ranksUnreachable"] == 1
     assert measured["maxMemoryBytesPerGpu"] == 1_313_024
@@ -276,6 +276,16 @@ def test_the_loop_reads_the_endpoints_and_reports_an_unreachable_rank() -> None:
     assert "throughputRps" not in measured  # one scrape: no rate yet
     [condition] = patch["status"]["conditions"]
     assert (condition["type"], condition["status"]) == ("MeetsSLO", "True")
+
+
+def test_the_vllm_profile_reports_kv_cache_use_and_no_memory() -> None:
+    spec = {"metrics": {"profile": "vllm", "port": 8000}}
+    [patch] = asyncio.run(asyncio.wait_for(_measure_once(VLLM, spec), timeout=30))
+    measured = patch["status"]["measured"]
+    assert measured["profile"] == "vllm"
+    assert measured["kvCacheUtilization"] == pytest.approx(0.4125)
+    assert measured["prefillP99Seconds"] == pytest.approx(0.175)
+    assert "maxMemoryBytesPerGpu" not in measured and "memory" not in patch["status"]
 
 
 def test_settings_come_from_the_operator_environment() -> None:
