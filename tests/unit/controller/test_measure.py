@@ -266,8 +266,7 @@ async def _measure_once(text: str, spec: dict[str, Any]) -> list[dict[str, Any]]
 
 
 def test_the_loop_reads_the_endpoints_and_reports_an_unreachable_rank() -> None:
-    scenario = _measure_once
-    [patch] = asyncio.run(asyncio.wait_for(scenario(PARASERVE, {}), timeout=30))
+    [patch] = asyncio.run(asyncio.wait_for(_measure_once(PARASERVE, {}), timeout=30))
     measured = patch["status"]["measured"]
     assert measured["ranksScraped"] == 1 and measured["ranksUnreachable"] == 1
     assert measured["maxMemoryBytesPerGpu"] == 1_313_024
