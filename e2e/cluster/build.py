@@ -151,7 +151,11 @@ def build_component(component: Component, log: bool = True) -> Path:
     for binary in _to_build(component):
         started = time.monotonic()
         if log:
-            print(f"building {binary} ({component.module} {component.version})", flush=True)
+            print(
+                f"building {binary} ({component.module} {component.version})",
+                file=sys.stderr,
+                flush=True,
+            )
         partial = target / f".{binary}.{os.getpid()}.partial"
         try:
             _go_build(component, binary, partial)
@@ -159,7 +163,9 @@ def build_component(component: Component, log: bool = True) -> Path:
         finally:
             partial.unlink(missing_ok=True)
         if log:
-            print(f"built {binary} in {time.monotonic() - started:.0f}s", flush=True)
+            print(
+                f"built {binary} in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True
+            )
     if component is KWOK and not _stages_present():
         _copy_kwok_stages()
     return target
@@ -187,4 +193,8 @@ def build_all() -> None:
                 build_component(component)
     if absent := missing():
         sys.exit(f"missing binaries after build: {absent}")
-    print(f"binaries ready in {time.monotonic() - started:.0f}s under {cache_root()}", flush=True)
+    print(
+        f"binaries ready in {time.monotonic() - started:.0f}s under {cache_root()}",
+        file=sys.stderr,
+        flush=True,
+    )

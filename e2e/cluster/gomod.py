@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from e2e.cluster.components import COMPONENTS, Component
@@ -76,5 +77,5 @@ def generate(component: Component) -> None:
 def generate_all(names: list[str] | None = None) -> None:
     for component in COMPONENTS:
         if not names or component.name in names:
-            print(f"generating {component.module_dir}/go.mod", flush=True)
+            print(f"generating {component.module_dir}/go.mod", file=sys.stderr, flush=True)
             generate(component)
