@@ -72,8 +72,8 @@ class ControlPlane:
 
     def __init__(self, workdir: Path | None = None) -> None:
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"paraserve-cluster-{self.run_id}-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Created by start(), after the run is recorded, so a crash in between leaves no orphan.
+        self.workdir = workdir or Path(tempfile.gettempdir()) / f"paraserve-cluster-{self.run_id}"
         self.bin_dir = self.workdir / "bin"
         self.logs_dir = self.workdir / "logs"
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -98,6 +98,7 @@ class ControlPlane:
         self._record.save()
         atexit.register(self.stop)
         try:
+            self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._prepare()
             deadline = time.monotonic() + timeout
             self._start_etcd(deadline)
