@@ -1,0 +1,312 @@
+"""The operator against the local control plane: validation, ranks, gangs, scaling, rollouts."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from e2e.cluster.local import LocalCluster
+from operator_fixtures import (
+    TEST_IMAGE,
+    OperatorProcess,
+    deployment,
+    dump,
+    env_of,
+    infd,
+    pods_of,
+    running,
+    wait,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+# Fits one GPU per stage at PP=2: 7B × 2 B / 2 = 7 GB + 16.75 GB reserve on 80 GB.
+SMALL_MODEL = {"name": "meta-llama/Llama-2-7b-hf", "dtype": "float16", "parameters": "7B"}
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[str]:
+    with cluster.namespace() as name:
+        yield name
+
+
+def phase(cluster: LocalCluster, namespace: str, name: str) -> str | None:
+    return infd(cluster, namespace, name).get("status", {}).get("phase")
+
+
+def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in body["status"]["conditions"] if c["type"] == kind)
+
+
+def events(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    items = cluster.get("events", namespace=namespace)["items"]
+    return [e for e in items if e["involvedObject"].get("name") == name]
+
+
+def test_review_scenario(cluster: LocalCluster, namespace: str, operator: OperatorProcess):
+    with cluster.gpu_pool("1 x 8 x A100-80GB") as pool:
+        # PP=8 × TP=2 × SP=2 needs 16 GPUs: rejected with the arithmetic, nothing created.
+        impossible = deployment(
+            "pp8", pool.node_selector, parallelism={"pipeline": 8, "tensor": 2, "sequence": 2}
+        )
+        cluster.apply(impossible, namespace=namespace)
+        wait(cluster, lambda: phase(cluster, namespace, "pp8") == "Rejected", "pp8 Rejected")
+        body = infd(cluster, namespace, "pp8")
+        validated = condition(body, "Validated")
+        assert validated["status"] == "False" and validated["reason"] == "InsufficientGPUs"
+        assert "PP=8 × TP=2 = 16 GPUs required" in validated["message"]
+        wait(
+            cluster,
+            lambda: any(
+                e["type"] == "Warning" and e["reason"] == "InsufficientGPUs"
+                for e in events(cluster, namespace, "pp8")
+            ),
+            "a Warning event with the code",
+            timeout=20,
+        )
+
+        # PP=4 × TP=2 × SP=2 needs 8: exactly 8 pods, one GPU each, the right coordinates.
+        cluster.apply(deployment("pp4", pool.node_selector), namespace=namespace)
+        wait(
+            cluster,
+            lambda: (
+                running(pods_of(cluster, namespace, "pp4"))
+                and phase(cluster, namespace, "pp4") in ("Running", "Ready")
+            ),
+            "pp4 running",
+        )
+        pods = sorted(pods_of(cluster, namespace, "pp4"), key=lambda p: int(env_of(p)["RANK"]))
+        assert [p["metadata"]["name"] for p in pods] == [f"pp4-0-{k}" for k in range(8)]
+        layers = ["0:20", "20:40", "40:60", "60:80"]
+        for rank, pod in enumerate(pods):
+            env = env_of(pod)
+            pp, tp = divmod(rank, 2)
+            assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "8"
+            assert (env["PARASERVE_PP_RANK"], env["PARASERVE_TP_RANK"]) == (str(pp), str(tp))
+            assert env["PARASERVE_SP_RANK"] == str(tp) and env["PARASERVE_SP_SIZE"] == "2"
+            assert env["PARASERVE_STAGE_LAYERS"] == layers[pp]
+            assert env["MASTER_ADDR"] == f"pp4-0-0.pp4.{namespace}.svc"
+            limits = pod["spec"]["containers"][0]["resources"]["limits"]
+            assert str(limits["nvidia.com/gpu"]) == "1"
+            assert pod["spec"]["nodeName"] == pool.nodes[0]
+        assert pods_of(cluster, namespace, "pp8") == []
+
+        table = cluster.kubectl("get", "infd", "pp4", "-n", namespace).stdout.split("\n")
+        header, row = table[0].split(), table[1].split()
+        columns = dict(zip(header, row, strict=False))
+        assert (columns["PP"], columns["TP"], columns["SP"], columns["GPUS"]) == (
+            "4",
+            "2",
+            "2",
+            "8",
+        ), table
+        assert columns["READY"] == "8/8"
+
+        service = cluster.get("service", "pp4", namespace=namespace)
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["publishNotReadyAddresses"] is True
+        topology = cluster.get("configmap", "pp4-topology", namespace=namespace)
+        assert '"worldSize": 8' in topology["data"]["topology.json"]
+
+        # The operator's own metrics and health.
+        metrics = operator.get(operator.metrics_port, "/metrics")
+        assert "paraserve_operator_reconciles_total" in metrics
+        assert "paraserve_operator_api_calls_total" in metrics
+        assert operator.get(operator.health_port, "/healthz")
+
+
+def test_tensor_groups_stay_within_a_node(cluster: LocalCluster, namespace: str):
+    with cluster.gpu_pool("2 x 4 x H100-80GB") as pool:
+        spec = deployment(
+            "tp4", pool.node_selector, parallelism={"pipeline": 2, "tensor": 4, "sequence": 1}
+        )
+        spec["spec"]["model"]["architecture"]["numKeyValueHeads"] = 8
+        cluster.apply(spec, namespace=namespace)
+        pods = wait(
+            cluster,
+            lambda: (p := pods_of(cluster, namespace, "tp4")) and len(p) == 8 and running(p) and p,
+            "8 running ranks",
+        )
+        nodes_of_group: dict[str, set[str]] = {}
+        for pod in pods:
+            group = pod["metadata"]["labels"]["paraserve.dev/tp-group"]
+            nodes_of_group.setdefault(group, set()).add(pod["spec"]["nodeName"])
+        assert sorted(nodes_of_group) == ["0-0", "0-1"]
+        assert all(len(nodes) == 1 for nodes in nodes_of_group.values()), nodes_of_group
+        assert nodes_of_group["0-0"] != nodes_of_group["0-1"]
+
+
+def test_deleting_a_rank_recreates_only_its_replica(cluster: LocalCluster, namespace: str):
+    with cluster.gpu_pool("2 x 8 x A100-80GB") as pool:
+        cluster.apply(deployment("gang", pool.node_selector, replicas=2), namespace=namespace)
+        wait(
+            cluster,
+            lambda: len(p := pods_of(cluster, namespace, "gang")) == 16 and running(p),
+            "16 running ranks",
+        )
+        wait(cluster, lambda: phase(cluster, namespace, "gang") == "Ready", "Ready")
+        before = {
+            p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(cluster, namespace, "gang")
+        }
+
+        cluster.kubectl("delete", "pod", "gang-0-3", "-n", namespace, "--wait=false")
+
+        def replica_zero_recreated() -> bool:
+            pods = pods_of(cluster, namespace, "gang")
+            zero = [p for p in pods if p["metadata"]["labels"]["paraserve.dev/replica"] == "0"]
+            return (
+                len(zero) == 8
+                and running(zero)
+                and all(before[p["metadata"]["name"]] != p["metadata"]["uid"] for p in zero)
+            )
+
+        try:
+            wait(cluster, replica_zero_recreated, "replica 0 recreated as a whole")
+        except TimeoutError:
+            pytest.fail(dump(cluster, namespace))
+        after = {
+            p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(cluster, namespace, "gang")
+        }
+        assert {n: u for n, u in after.items() if n.startswith("gang-1-")} == {
+            n: u for n, u in before.items() if n.startswith("gang-1-")
+        }
+        wait(cluster, lambda: phase(cluster, namespace, "gang") == "Ready", "Ready again")
+        assert infd(cluster, namespace, "gang")["status"]["restarts"] == 1
+        wait(
+            cluster,
+            lambda: any(
+                e["reason"] == "ReplicaRestart" for e in events(cluster, namespace, "gang")
+            ),
+            "a ReplicaRestart event",
+            timeout=20,
+        )
+
+
+def test_scale_rolling_update_and_delete(cluster: LocalCluster, namespace: str):
+    with cluster.gpu_pool("1 x 8 x A100-80GB") as pool:
+        small = {"parallelism": {"pipeline": 2, "tensor": 1, "sequence": 1}, "model": SMALL_MODEL}
+        cluster.apply(deployment("svc", pool.node_selector, **small), namespace=namespace)
+
+        def replicas_running(n: int, image: str | None = None) -> bool:
+            pods = pods_of(cluster, namespace, "svc")
+            names = {f"svc-{r}-{k}" for r in range(n) for k in range(2)}
+            return (
+                {p["metadata"]["name"] for p in pods} == names
+                and running(pods)
+                and (
+                    image is None or all(p["spec"]["containers"][0]["image"] == image for p in pods)
+                )
+            )
+
+        wait(cluster, lambda: replicas_running(1), "1 replica")
+        cluster.kubectl("scale", "infd", "svc", "--replicas=3", "-n", namespace)
+        wait(cluster, lambda: replicas_running(3), "3 replicas")
+        wait(cluster, lambda: phase(cluster, namespace, "svc") == "Ready", "Ready at 3")
+        assert infd(cluster, namespace, "svc")["status"]["replicas"] == 3
+
+        # An image change replaces one replica at a time.
+        cluster.kubectl(
+            "patch", "infd", "svc", "-n", namespace, "--type=merge",
+            "-p", '{"spec": {"worker": {"image": "registry.invalid/worker:v2"}}}',
+        )  # fmt: skip
+        most_down = 0
+        deadline = time.monotonic() + 120
+        while not replicas_running(3, "registry.invalid/worker:v2"):
+            assert time.monotonic() < deadline, dump(cluster, namespace)
+            pods = pods_of(cluster, namespace, "svc")
+            serving = {
+                r
+                for r in range(3)
+                if len(
+                    group := [
+                        p
+                        for p in pods
+                        if p["metadata"]["labels"]["paraserve.dev/replica"] == str(r)
+                    ]
+                )
+                == 2
+                and running(group)
+            }
+            most_down = max(most_down, 3 - len(serving))
+            time.sleep(0.3)
+        assert most_down <= 1, "more than one replica was down during the rolling update"
+        assert infd(cluster, namespace, "svc")["status"]["restarts"] == 0
+
+        cluster.kubectl("scale", "infd", "svc", "--replicas=1", "-n", namespace)
+        wait(cluster, lambda: replicas_running(1, "registry.invalid/worker:v2"), "1 replica")
+
+        # Deletion leaves nothing behind (ownerReferences + the garbage collector).
+        cluster.kubectl("delete", "infd", "svc", "-n", namespace, "--wait=false")
+
+        def nothing_left() -> bool:
+            pods = pods_of(cluster, namespace, "svc")
+            services = cluster.kubectl("get", "service", "svc", "-n", namespace, check=False)
+            configmaps = cluster.kubectl(
+                "get", "configmap", "svc-topology", "-n", namespace, check=False
+            )
+            return not pods and services.returncode != 0 and configmaps.returncode != 0
+
+        wait(cluster, nothing_left, "everything deleted", timeout=120)
+
+
+def test_waiting_deployment_starts_when_gpus_free_up(cluster: LocalCluster, namespace: str):
+    with cluster.gpu_pool("1 x 8 x A100-80GB") as pool:
+        cluster.apply(deployment("first", pool.node_selector), namespace=namespace)
+        wait(cluster, lambda: running(pods_of(cluster, namespace, "first")), "first running")
+        second = deployment(
+            "second", pool.node_selector, parallelism={"pipeline": 2, "tensor": 2, "sequence": 1}
+        )
+        cluster.apply(second, namespace=namespace)
+        wait(cluster, lambda: phase(cluster, namespace, "second") == "Waiting", "second Waiting")
+        body = infd(cluster, namespace, "second")
+        assert condition(body, "Validated")["status"] == "True"
+        assert condition(body, "Scheduled")["reason"] == "InsufficientFreeGPUs"
+        assert pods_of(cluster, namespace, "second") == []
+
+        cluster.kubectl("delete", "infd", "first", "-n", namespace, "--wait=false")
+        wait(
+            cluster,
+            lambda: len(p := pods_of(cluster, namespace, "second")) == 4 and running(p),
+            "second started by itself",
+            timeout=120,
+        )
+
+
+def test_operator_killed_during_creation_converges(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess
+):
+    count = 20
+    with cluster.gpu_pool("6 x 8 x A100-80GB") as pool:
+        spec = {"parallelism": {"pipeline": 2, "tensor": 1, "sequence": 1}, "model": SMALL_MODEL}
+        bodies = [deployment(f"d{i:02d}", pool.node_selector, **spec) for i in range(count)]
+        rng = random.Random(4)
+        cluster.apply(*bodies, namespace=namespace)
+        # Kill the operator at random points while it creates, restarting it each time.
+        pods_at_kill = []
+        for _ in range(4):
+            time.sleep(rng.uniform(0.2, 2.0))
+            operator.kill()
+            pods_at_kill.append(len(cluster.get("pods", namespace=namespace)["items"]))
+            operator.start()
+        print(f"pods when the operator was killed: {pods_at_kill} of {2 * count}")
+        operator.wait_healthy()
+
+        expected = {f"d{i:02d}-0-{k}" for i in range(count) for k in range(2)}
+
+        def converged() -> bool:
+            pods = cluster.get("pods", namespace=namespace)["items"]
+            names = [p["metadata"]["name"] for p in pods]
+            return sorted(names) == sorted(expected) and running(pods)
+
+        try:
+            wait(cluster, converged, "exactly the expected pods", timeout=180)
+        except TimeoutError:
+            pytest.fail(dump(cluster, namespace) + "\n" + operator.log_tail())
+        pods = cluster.get("pods", namespace=namespace)["items"]
+        owners = {p["metadata"]["ownerReferences"][0]["name"] for p in pods}
+        assert owners == {f"d{i:02d}" for i in range(count)}  # no orphans
+        for pod in pods:
+            assert pod["spec"]["containers"][0]["image"] == TEST_IMAGE
