@@ -7,9 +7,11 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,16 @@ from paraserve.worker.shape import TINY_ARCHITECTURE
 from paraserve.worker.topology import topology_document
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """Distinct ports free now (all held open together, so none is handed out twice)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def _rank_main(environ: dict[str, str], argv: list[str]) -> None:
@@ -37,28 +45,26 @@ def _rank_main(environ: dict[str, str], argv: list[str]) -> None:
     sys.exit(main(argv))
 
 
-def run_replica(
-    worker_args: Sequence[str],
-    *,
-    pipeline: int,
-    tensor: int,
-    sequence: int = 1,
-    architecture: dict[str, Any] | None = None,
-    dtype: str = "float32",
-    max_batch_size: int = 4,
-    max_sequence_length: int = 128,
-    metrics_port_base: int = 0,
-    workdir: str | Path | None = None,
-    timeout: float | None = 300,
-) -> list[int | None]:
-    """Start pipeline × tensor ranks and wait; the exit code of each (None: timed out, killed).
+class LocalReplica:
+    """The rank processes of one replica on this machine, and their topology file."""
 
-    Ranks are forked from a server that has imported torch once, so a replica starts in about
-    a second instead of one torch import per rank.
-    """
-    architecture = architecture or TINY_ARCHITECTURE
-    with tempfile.TemporaryDirectory(prefix="paraserve-topology-") as scratch:
-        topology_path = Path(workdir or scratch) / "topology.json"
+    def __init__(
+        self,
+        worker_args: Sequence[str],
+        *,
+        pipeline: int,
+        tensor: int,
+        sequence: int = 1,
+        architecture: dict[str, Any] | None = None,
+        dtype: str = "float32",
+        max_batch_size: int = 4,
+        max_sequence_length: int = 128,
+        metrics_port_base: int = 0,
+    ) -> None:
+        """``metrics_port_base`` 0 gives each rank a free port (see ``metrics_ports``)."""
+        architecture = architecture or TINY_ARCHITECTURE
+        self._scratch = tempfile.TemporaryDirectory(prefix="paraserve-topology-")
+        self.topology_path = Path(self._scratch.name) / "topology.json"
         document = topology_document(
             architecture,
             pipeline=pipeline,
@@ -68,36 +74,60 @@ def run_replica(
             max_sequence_length=max_sequence_length,
             dtype=dtype,
         )
-        topology_path.write_text(json.dumps(document, indent=2))
+        self.topology_path.write_text(json.dumps(document, indent=2))
+        # Forked from a server that imported torch once: a replica starts in about a second
+        # instead of one torch import per rank.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["torch", "paraserve.worker.runtime"])
-        port = free_port()
-        processes = []
-        for rank in range(pipeline * tensor):
+        world_size = pipeline * tensor
+        master_port, *ports = free_ports(1 + world_size)
+        if metrics_port_base:
+            ports = [metrics_port_base + rank for rank in range(world_size)]
+        #: Rank k serves its metrics on ``metrics_ports[k]``.
+        self.metrics_ports = ports
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        for rank in range(world_size):
             environ = rank_environ(
                 rank,
                 pipeline=pipeline,
                 tensor=tensor,
                 sequence=sequence,
                 num_layers=int(architecture["numLayers"]),
-                master_port=port,
-                topology_path=str(topology_path),
+                master_port=master_port,
+                topology_path=str(self.topology_path),
             )
-            metrics_port = metrics_port_base + rank if metrics_port_base else 0
-            environ["PARASERVE_METRICS_PORT"] = str(metrics_port)
+            environ["PARASERVE_METRICS_PORT"] = str(ports[rank])
             process = context.Process(target=_rank_main, args=(environ, list(worker_args)))
             process.start()
-            processes.append(process)
+            self.processes.append(process)
+
+    def stop(self) -> None:
+        """SIGTERM to rank 0, which stops every rank in step (what the kubelet sends)."""
+        pid = self.processes[0].pid
+        if pid is not None and self.processes[0].is_alive():
+            os.kill(pid, signal.SIGTERM)
+
+    def wait(self, timeout: float | None = None) -> list[int | None]:
+        """Exit code of each rank; ranks still running at the deadline are killed (None)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         codes: list[int | None] = []
-        for process in processes:
-            process.join(timeout)
+        for process in self.processes:
+            process.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()
                 codes.append(None)
             else:
                 codes.append(process.exitcode)
+        self._scratch.cleanup()
         return codes
+
+
+def run_replica(
+    worker_args: Sequence[str], *, timeout: float | None = 300, **options: Any
+) -> list[int | None]:
+    """Start a replica (``LocalReplica``'s options) and wait for every rank's exit code."""
+    return LocalReplica(worker_args, **options).wait(timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,3 +73,66 @@ def test_paraserve_worker_runs_alone_without_a_topology() -> None:
     argv = ["worker", "--tiny", "--rate", "0", "--requests", "3", "--max-batch-size", "2"]
     argv += ["--exit-when-done", "--metrics-port", "0", "--log-level", "warning"]
     assert main(argv) == 0
+
+
+def test_every_rank_serves_its_own_measured_memory_and_stops_on_sigterm() -> None:
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from paraserve.api import InferenceDeploymentSpec
+    from paraserve.worker.allocation import allocation_report
+    from paraserve.worker.local import LocalReplica
+    from paraserve.worker.shape import TINY_ARCHITECTURE
+
+    replica = LocalReplica(
+        ["--rate", "0", "--requests", "4", "--prompt-length", "6", "--output-tokens", "3",
+         "--log-level", "warning"],
+        pipeline=2, tensor=2, sequence=2, max_batch_size=2, max_sequence_length=16,
+    )  # fmt: skip
+
+    def scrape(rank: int) -> dict[tuple[str, str], float]:
+        url = f"http://127.0.0.1:{replica.metrics_ports[rank]}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+        return {
+            (s.name, s.labels.get("kind", "")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                readings = [scrape(rank) for rank in range(4)]
+                decoded = [
+                    r[("paraserve_decode_token_latency_seconds_count", "")] for r in readings
+                ]
+                if decoded == [8] * 4 and readings[0][("paraserve_requests_total", "")] == 4:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the replica did not serve 4 requests in 60 s"
+            time.sleep(0.2)
+    finally:
+        replica.stop()
+        codes = replica.wait(60)
+    assert codes == [0, 0, 0, 0]
+
+    spec = InferenceDeploymentSpec.model_validate(
+        {
+            "model": {"name": "tiny", "dtype": "float32", "architecture": TINY_ARCHITECTURE},
+            "parallelism": {"pipeline": 2, "tensor": 2, "sequence": 2},
+            "serving": {"maxBatchSize": 2, "maxSequenceLength": 16},
+        }
+    )
+    for row, reading in zip(allocation_report(spec), readings, strict=True):
+        assert reading[("paraserve_rank_memory_bytes", "parameters")] == row.parameters_bytes
+        assert reading[("paraserve_rank_memory_bytes", "kv_cache")] == row.kv_cache_bytes
+        assert row.parameters_bytes == row.estimated_parameters_bytes  # the planner's model
+        assert reading[("paraserve_prefill_latency_seconds_count", "")] == 4
+    # Counters are rank 0's alone, so summing over ranks gives the replica's throughput.
+    assert [r[("paraserve_requests_total", "")] for r in readings] == [4, 0, 0, 0]
+    assert sum(r[("paraserve_generated_tokens_total", "")] for r in readings) == 12
