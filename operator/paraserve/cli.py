@@ -47,7 +47,8 @@ def register_plan(subcommands: Subcommands) -> None:
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
     parser.add_argument(
         "--suggest", action="store_true",
-        help="also list every strategy (PP, TP, SP) that fits the pool, best first",
+        help="also list every strategy (PP, TP, SP) that fits the pool, best first"
+        " (the text report of an infeasible plan always does)",
     )  # fmt: skip
     parser.set_defaults(run=run_plan)
 
@@ -66,7 +67,9 @@ def run_plan(args: argparse.Namespace) -> int:
         raise BadInput(str(error)) from None
     pool = Pool.from_objects(nodes, pods, deployment.spec)
     verdict = plan(deployment.spec, pool)
-    options = suggest(deployment.spec, pool) if args.suggest else None
+    # A person reading a rejection wants the way out; JSON stays DESIGN's object unless asked.
+    wanted = args.suggest or (args.output == "text" and not verdict.feasible)
+    options = suggest(deployment.spec, pool) if wanted else None
     if args.output == "json":
         document = verdict.to_json()
         if options is not None:
@@ -75,9 +78,7 @@ def run_plan(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render(deployment, verdict))
         if options is not None:
-            p = deployment.spec.parallelism
-            asked = f"PP={p.pipeline} × TP={p.tensor} × SP={p.sequence}"
-            sys.stdout.write("\n" + render_suggestions(options, asked))
+            sys.stdout.write("\n" + render_suggestions(options, deployment.spec.parallelism))
     return EXIT_OK if verdict.feasible else EXIT_INFEASIBLE
 
 

@@ -68,7 +68,13 @@ def test_text_report_shows_the_arithmetic(capsys: pytest.CaptureFixture[str]) ->
     assert status == 1
     assert "❌ InsufficientGPUs" in out
     assert "SP=2 shards activations inside each TP group and adds no GPUs" in out
-    assert "`paraserve plan --suggest` lists the strategies that fit" in out
+    assert "❌ infeasible: 1 error (InsufficientGPUs)." in out
+    # The rejection comes with the way out, unasked.
+    assert "PP=4 × TP=2 × SP=2         8   34.25 GB   42.8 %  yes" in out
+    assert (
+        "Closest to PP=8 × TP=2 × SP=2: PP=4 × TP=2 × SP=2 (8 GPUs, 34.25 GB per GPU, 42.8 %)"
+        in out
+    )
 
 
 def test_suggest_offers_pp4_tp2_for_the_impossible_strategy(
@@ -85,3 +91,7 @@ def test_suggest_offers_pp4_tp2_for_the_impossible_strategy(
     assert eight[0]["totalBytes"] == 34_250_000_000
     status, out, _ = run(capsys, "plan", "-f", PP8, "--nodes", NODES, "--suggest")
     assert "PP=4 × TP=2 × SP=2         8   34.25 GB   42.8 %  yes" in out
+    assert (
+        "Closest to PP=8 × TP=2 × SP=2: PP=4 × TP=2 × SP=2 (8 GPUs, 34.25 GB per GPU, 42.8 %)"
+        in out
+    )

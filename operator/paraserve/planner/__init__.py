@@ -11,7 +11,7 @@ Entry points::
 from paraserve.planner import codes
 from paraserve.planner.plan import plan
 from paraserve.planner.pool import Exclusions, Pool, PoolNode, pod_gpu_request
-from paraserve.planner.suggest import Suggestion, suggest
+from paraserve.planner.suggest import Suggestion, closest, suggest
 from paraserve.planner.topology import (
     Rank,
     rank_of,
@@ -27,6 +27,7 @@ __all__ = [
     "PoolNode",
     "Rank",
     "Suggestion",
+    "closest",
     "codes",
     "plan",
     "pod_gpu_request",

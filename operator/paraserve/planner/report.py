@@ -6,13 +6,14 @@ from paraserve.api import (
     Check,
     InferenceDeployment,
     MemoryBreakdown,
+    Parallelism,
     Plan,
     format_bytes,
     format_count,
     format_percent,
 )
 from paraserve.planner.rules import gpu_arithmetic
-from paraserve.planner.suggest import Suggestion
+from paraserve.planner.suggest import Suggestion, closest
 
 _MARK = {"passed": "✅", "failed": "❌", "warning": "⚠️ ", "skipped": "➖"}
 _MAX_STAGE_ROWS = 64
@@ -51,8 +52,10 @@ def render(deployment: InferenceDeployment, plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_suggestions(suggestions: list[Suggestion], asked: str) -> str:
-    """The strategies that fit, best first."""
+def render_suggestions(suggestions: list[Suggestion], parallelism: Parallelism) -> str:
+    """The strategies that fit, best first, and the one nearest what was asked."""
+    p = parallelism
+    asked = f"PP={p.pipeline} × TP={p.tensor} × SP={p.sequence}"
     if not suggestions:
         return "Suggestions\n  no strategy fits this pool\n"
     lines = [
@@ -68,6 +71,13 @@ def render_suggestions(suggestions: list[Suggestion], asked: str) -> str:
         )
     if len(suggestions) > _MAX_SUGGESTION_ROWS:
         lines.append(f"  … {len(suggestions) - _MAX_SUGGESTION_ROWS} more (-o json lists them all)")
+    near = closest(suggestions, p)
+    if near is not None:
+        util = f", {format_percent(near.utilization)}" if near.utilization is not None else ""
+        lines.append(
+            f"Closest to {asked}: {near.label}"
+            f" ({near.gpus_required} GPUs, {format_bytes(near.total_bytes)} per GPU{util})"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -160,10 +170,7 @@ def _verdict(plan: Plan) -> str:
     if not plan.feasible:
         n = len(plan.errors)
         codes = ", ".join(dict.fromkeys(e.code for e in plan.errors))
-        return (
-            f"❌ infeasible: {n} error{'s' if n != 1 else ''} ({codes})."
-            " `paraserve plan --suggest` lists the strategies that fit."
-        )
+        return f"❌ infeasible: {n} error{'s' if n != 1 else ''} ({codes})."
     if not plan.schedulable_now:
         return "⏳ feasible, but not schedulable now: waiting for free GPUs."
     return "✅ feasible and schedulable now."

@@ -68,6 +68,20 @@ def suggest(spec: InferenceDeploymentSpec, pool: Pool) -> list[Suggestion]:
     return sorted(found, key=rank)
 
 
+def closest(suggestions: list[Suggestion], asked: Parallelism) -> Suggestion | None:
+    """The suggestion nearest the strategy asked for: same TP, same SP, nearest PP."""
+    return min(
+        suggestions,
+        key=lambda s: (
+            s.tensor != asked.tensor,
+            s.sequence != asked.sequence,
+            abs(s.pipeline - asked.pipeline),
+            s.gpus_required,
+        ),
+        default=None,
+    )
+
+
 def candidates(spec: InferenceDeploymentSpec, pool: Pool) -> Iterator[Parallelism]:
     """Every (PP, TP, SP) worth planning: within the pool's GPUs and the model's shape."""
     replicas = max(spec.replicas, 1)
