@@ -27,9 +27,10 @@ def reference_logits(weights: StageWeights, tokens: torch.Tensor) -> torch.Tenso
         q = rotary((h @ w.wq.t()).view(b, n, shape.num_heads, d).transpose(1, 2), positions)
         k = rotary((h @ w.wk.t()).view(b, n, shape.num_kv_heads, d).transpose(1, 2), positions)
         v = (h @ w.wv.t()).view(b, n, shape.num_kv_heads, d).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True
-        ).to(x.dtype)
+        group = shape.num_heads // shape.num_kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+        out = out.to(x.dtype)
         x = x + out.transpose(1, 2).reshape(b, n, -1) @ w.wo.t()
         h = rms_norm(x, w.mlp_norm)
         x = x + (F.silu(h @ w.w_gate.t()) * (h @ w.w_up.t())) @ w.w_down.t()
