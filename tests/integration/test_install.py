@@ -11,15 +11,17 @@ while it runs, as an installed operator does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from e2e import install
+from e2e import gpunodes, install
 from e2e.cluster.local import LocalCluster
 from e2e.install import (
     CLUSTER_GRANTS,
@@ -76,6 +78,19 @@ def assert_holds_exactly_its_grants(cluster: LocalCluster, account: str, own: st
         ("escalate", "clusterroles.rbac.authorization.k8s.io", ()),
     ):
         assert not can_i(cluster, account, verb, target, *where), (verb, target, where)
+
+
+@contextlib.contextmanager
+def loopback_pool(cluster: LocalCluster, spec: str) -> Iterator[dict[str, str]]:
+    """kwok GPU nodes whose pods get 127.x addresses (the operator scrapes ready ranks)."""
+    name = f"install-{uuid.uuid4().hex[:6]}"
+    cluster.apply(*gpunodes.pool_nodes(name, spec))
+    selector = f"paraserve.dev/pool={name}"
+    try:
+        cluster.kubectl("wait", "node", "-l", selector, "--for=condition=Ready", "--timeout=60s")
+        yield {"paraserve.dev/pool": name}
+    finally:
+        cluster.kubectl("delete", "node", "-l", selector, "--ignore-not-found")
 
 
 def pods_of(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
@@ -202,7 +217,7 @@ def test_chart_install_and_its_rbac_is_enough_for_a_full_reconcile(
     webhook_port = free_port()
     with (
         cluster.namespace() as workload,
-        cluster.gpu_pool("1 x 8 x A100-80GB") as pool,
+        loopback_pool(cluster, "1 x 8 x A100-80GB") as selector,
         install.local_operator(
             kubeconfig,
             log,
@@ -240,9 +255,7 @@ def test_chart_install_and_its_rbac_is_enough_for_a_full_reconcile(
             raise AssertionError(log_tail()) from error
 
         # Refused at the prompt, with the arithmetic, once the webhook has seen the pool.
-        impossible = yaml.safe_dump(
-            example(EXAMPLES / "review-pp8-tp2-sp2.yaml", pool.node_selector)
-        )
+        impossible = yaml.safe_dump(example(EXAMPLES / "review-pp8-tp2-sp2.yaml", selector))
 
         def refused_in_dry_run() -> bool:
             attempt = cluster.kubectl(
@@ -257,7 +270,7 @@ def test_chart_install_and_its_rbac_is_enough_for_a_full_reconcile(
         assert "PP=8 × TP=2 = 16 GPUs required" in refused.stderr, refused.stderr
 
         # Accepted and reconciled: 8 rank pods, the headless Service, the topology ConfigMap.
-        fitting = example(EXAMPLES / "review-pp4-tp2-sp2.yaml", pool.node_selector)
+        fitting = example(EXAMPLES / "review-pp4-tp2-sp2.yaml", selector)
         name = fitting["metadata"]["name"]
         cluster.apply(fitting, namespace=workload)
 
