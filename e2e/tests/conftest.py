@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -71,6 +73,10 @@ class Pool:
     @property
     def node_selector(self) -> dict[str, str]:
         return {"paraserve.dev/pool": self.name}
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _free_port() -> int:
@@ -125,6 +131,9 @@ def _local_target(workdir: Path) -> Iterator[Target]:
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     mode = os.environ.get("PARASERVE_E2E_CLUSTER", "local")
     if mode == "local":
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # SIGTERM unwinds like Ctrl-C: the operator and the control plane stop in order.
+            signal.signal(signal.SIGTERM, _terminate_as_interrupt)
         with _local_target(tmp_path_factory.mktemp("e2e-local")) as local:
             yield local
         return
