@@ -49,6 +49,8 @@ def select_device(env: RankEnv, requested: str = "auto") -> torch.device:
     """Each pod sees one GPU (LOCAL_RANK 0); without CUDA the rank runs on CPU."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but this process sees no CUDA device")
     device = torch.device("cuda", env.local_rank)
     torch.cuda.set_device(device)
     return device
