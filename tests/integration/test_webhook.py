@@ -131,6 +131,11 @@ def test_the_reviews_impossible_strategy_is_refused_at_the_prompt(setup: Setup) 
     assert f'admission webhook "{WEBHOOK}" denied the request' in result.stderr
     assert f"InsufficientGPUs: {ARITHMETIC}" in result.stderr
     assert not setup.exists("review-pp8-tp2-sp2")  # nothing stored
+    metrics = setup.operator.get(setup.operator.metrics_port, "/metrics")
+    assert (
+        'paraserve_operator_admission_reviews_total{code="InsufficientGPUs",result="refused"}'
+        in metrics
+    )
 
 
 def test_the_reviews_fitting_strategy_is_admitted(setup: Setup) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import kopf
+from prometheus_client import Counter
 
 from paraserve.api import GROUP, PLURAL, VERSION, Finding
 from paraserve.controller.handlers import plain
@@ -78,6 +79,13 @@ def spec_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, pool: PoolWatch) -> None:
     """Register the webhook's handlers on `registry` (they read the reconciler's indexes)."""
+    reviews = Counter(
+        "paraserve_operator_admission_reviews_total",
+        "Admission reviews of InferenceDeployments: refused (by code), admitted, unchanged "
+        "(spec not changed, not checked) or failed_open (the check itself failed).",
+        ["result", "code"],
+        registry=reconciler.metrics.registry,
+    )
 
     # kopf runs watch handlers only once every index is loaded: the first node event says so.
     # Both handlers are coroutines: kopf would run plain functions in threads, while the
@@ -101,14 +109,19 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler, pool: Pool
         # `old` is None on CREATE; on UPDATE it is the stored object.
         old, new = kwargs.get("old"), kwargs.get("new")
         if body.metadata.get("deletionTimestamp") or not spec_changed(old, new):
+            reviews.labels(result="unchanged", code="").inc()
             return
         key = (str(body.metadata.namespace or ""), str(body.metadata.name or ""))
         try:
             answer = review(reconciler, key, plain(body.get("spec") or {}), pool.known)
         except Exception:  # a bug here must never block a create: the reconcile still checks
             logger.exception("admission review of %s/%s failed; admitting", *key)
+            reviews.labels(result="failed_open", code="").inc()
             return
         warnings.extend(answer.warnings)
-        if answer.refusal is not None:
-            refusal = answer.refusal
-            raise kopf.AdmissionError(f"{refusal.code}: {refusal.message}", code=answer.http_code)
+        if answer.refusal is None:
+            reviews.labels(result="admitted", code="").inc()
+            return
+        refusal = answer.refusal
+        reviews.labels(result="refused", code=refusal.code).inc()
+        raise kopf.AdmissionError(f"{refusal.code}: {refusal.message}", code=answer.http_code)

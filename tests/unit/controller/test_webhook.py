@@ -241,3 +241,24 @@ def test_the_pool_becomes_known_on_the_first_node_event() -> None:
     (event,) = [h for h in registry._watching.get_all_handlers() if h.id == "webhook-pool-known"]
     asyncio.run(event.fn())
     assert watch.known
+
+
+def test_every_answer_is_counted_in_the_operators_metrics() -> None:
+    registry = kopf.OperatorRegistry()
+    owner = reconciler([node()])
+    register(registry, owner, PoolWatch(known=True))
+    handler = handler_of(registry)
+    bad = body_of("pp8", raw_spec(parallelism={"pipeline": 8, "tensor": 2, "sequence": 2}))
+    good = body_of("pp4", raw_spec())
+    with pytest.raises(kopf.AdmissionError):
+        asyncio.run(handler.fn(body=bad, old=None, new=bad, warnings=[]))
+    asyncio.run(handler.fn(body=good, old=None, new=good, warnings=[]))
+    asyncio.run(handler.fn(body=good, old=good, new=good, warnings=[]))
+
+    def count(result: str, code: str = "") -> float | None:
+        return owner.metrics.registry.get_sample_value(
+            "paraserve_operator_admission_reviews_total", {"result": result, "code": code}
+        )
+
+    assert count("refused", "InsufficientGPUs") == 1
+    assert count("admitted") == 1 and count("unchanged") == 1
