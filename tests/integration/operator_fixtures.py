@@ -112,6 +112,18 @@ class OperatorProcess:
 
         self.cluster.wait_for(healthy, timeout=timeout, what="operator /healthz")
 
+    def start_healthy(self, attempts: int = 3) -> None:
+        """Start and wait for /healthz; other processes may grab a free port first: retry."""
+        for attempt in range(attempts):
+            self.start()
+            try:
+                self.wait_healthy()
+                return
+            except AssertionError:
+                if "Address already in use" not in self.log_tail(5) or attempt == attempts - 1:
+                    raise
+                self.metrics_port, self.health_port = _free_port(), _free_port()
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -135,8 +147,7 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     """`paraserve operator`, cluster-wide, for the whole session."""
     process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
-    process.start()
-    process.wait_healthy()
+    process.start_healthy()
     try:
         yield process
     finally:

@@ -283,15 +283,24 @@ def test_operator_killed_during_creation_converges(
         spec = {"parallelism": {"pipeline": 2, "tensor": 1, "sequence": 1}, "model": SMALL_MODEL}
         bodies = [deployment(f"d{i:02d}", pool.node_selector, **spec) for i in range(count)]
         rng = random.Random(4)
-        cluster.apply(*bodies, namespace=namespace)
-        # Kill the operator at random points while it creates, restarting it each time.
-        pods_at_kill = []
-        for _ in range(4):
-            time.sleep(rng.uniform(0.2, 2.0))
+
+        # Deployments arrive in batches; after each, the operator is killed (SIGKILL) at a random
+        # moment — mostly while it creates that batch — and restarted.
+        def pod_count() -> int:
+            names = cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout
+            return len(names.split())
+
+        pods_at_kill: list[int] = []
+        for batch in range(5):
+            operator.wait_healthy()
+            cluster.apply(*bodies[batch * 4 : (batch + 1) * 4], namespace=namespace)
+            time.sleep(rng.uniform(0.0, 0.6))
             operator.kill()
-            pods_at_kill.append(len(cluster.get("pods", namespace=namespace)["items"]))
+            pods_at_kill.append(pod_count())
             operator.start()
         print(f"pods when the operator was killed: {pods_at_kill} of {2 * count}")
+        if not operator.alive():
+            operator.start_healthy()
         operator.wait_healthy()
 
         expected = {f"d{i:02d}-0-{k}" for i in range(count) for k in range(2)}
@@ -310,3 +319,16 @@ def test_operator_killed_during_creation_converges(
         assert owners == {f"d{i:02d}" for i in range(count)}  # no orphans
         for pod in pods:
             assert pod["spec"]["containers"][0]["image"] == TEST_IMAGE
+        services = cluster.get("services", namespace=namespace)["items"]
+        assert sorted(s["metadata"]["name"] for s in services) == sorted(owners)
+
+        def all_ready() -> bool:
+            items = cluster.get("inferencedeployments", namespace=namespace)["items"]
+            return len(items) == count and all(
+                d.get("status", {}).get("phase") == "Ready" for d in items
+            )
+
+        wait(cluster, all_ready, "every deployment Ready", timeout=60)
+        # An interrupted creation is filled in, never mistaken for a failed gang.
+        items = cluster.get("inferencedeployments", namespace=namespace)["items"]
+        assert [d["status"]["restarts"] for d in items] == [0] * count
