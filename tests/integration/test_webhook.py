@@ -145,6 +145,23 @@ def test_the_reviews_fitting_strategy_is_admitted(setup: Setup) -> None:
     assert setup.exists("review-pp4-tp2-sp2")
 
 
+def test_waiting_for_free_gpus_is_admitted_with_a_warning(setup: Setup) -> None:
+    second = _manifest(FITTING, "second")
+
+    def warned() -> Any:
+        # Once the first deployment's 8 ranks hold the node's 8 GPUs.
+        dry_run = setup.apply(None, second, "--dry-run=server")
+        assert dry_run.returncode == 0, dry_run.stderr
+        return "Warning: InsufficientFreeGPUs: " in dry_run.stderr and dry_run
+
+    setup.cluster.wait_for(warned, timeout=120, what="the InsufficientFreeGPUs warning")
+    result = setup.apply(None, second)
+    print(f"$ kubectl apply -f - (a second PP=4 × TP=2 × SP=2)\n{result.stderr}{result.stdout}")
+    assert result.returncode == 0 and "Warning: InsufficientFreeGPUs: " in result.stderr
+    assert setup.exists("second")
+    assert setup.kubectl("delete", "infd", "second").returncode == 0
+
+
 def test_spec_mistakes_are_refused_with_the_field_named(setup: Setup) -> None:
     # A misspelt field: the API server's strict field validation names it before any webhook.
     typo = _manifest(FITTING, "typo", parallelism={"pipeline": 4, "tensr": 2})
