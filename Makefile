@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint typecheck unit integration cluster-binaries crd clean
+.PHONY: lint-charts lint-shell lint-dockerfiles chart-crd e2e e2e-kind demo-down
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,7 @@ demo: $(BIN)/.installed
 
 test: lint typecheck unit integration
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed lint-charts lint-shell lint-dockerfiles
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
@@ -39,3 +40,32 @@ crd: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# -- install: chart, manifests, images, end-to-end (docs/install.md) --------------------------
+
+SHELL_SCRIPTS := .ci/run examples/demo.sh $(wildcard e2e/kind/*.sh)
+
+# helm comes from the local cluster's build, so this also builds the cluster binaries.
+lint-charts: cluster-binaries
+	"$$($(BIN)/python -c 'from e2e.install import tool; print(tool("helm"))')" lint --strict charts/paraserve
+
+lint-shell: $(BIN)/.installed
+	$(BIN)/shellcheck -x $(SHELL_SCRIPTS)
+
+lint-dockerfiles: $(BIN)/.installed
+	$(BIN)/hadolint operator/Dockerfile images/worker.Dockerfile
+
+# The chart carries a copy of the generated CRD (a unit test fails when they differ).
+chart-crd: crd
+	cp crds/inferencedeployments.paraserve.dev.yaml charts/paraserve/crds/
+
+# The end-to-end suite on the local control plane (e2e/tests; KUBECONFIG=… for another cluster).
+e2e: cluster-binaries
+	$(BIN)/pytest e2e/tests -q
+
+# The same suite on kind with fake GPUs (needs Docker and kind).
+e2e-kind: $(BIN)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash e2e/kind/up.sh
+
+demo-down: $(BIN)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh down

@@ -27,3 +27,21 @@ def pool_nodes(name: str, spec: str, labels: dict[str, str] | None = None) -> li
         node["spec"]["podCIDR"] = cidr
         node["spec"]["podCIDRs"] = [cidr]
     return nodes
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m e2e.gpunodes POOL "1 x 8 x A100-80GB"`: the pool's Node objects as YAML."""
+    import sys
+
+    import yaml
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    print(yaml.safe_dump_all(pool_nodes(args[0], args[1])), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -303,3 +303,20 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 15) -> None:
     if process.poll() is None:
         process.kill()
         process.wait(timeout=10)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m e2e.install sa-kubeconfig NAMESPACE ACCOUNT OUT`: a kubeconfig ($KUBECONFIG's
+    server) that authenticates as that ServiceAccount with a TokenRequest token."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 4 or args[0] != "sa-kubeconfig" or not os.environ.get("KUBECONFIG"):
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    _, namespace, account, out = args
+    kubeconfig = Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
+    print(service_account_kubeconfig(kubeconfig, namespace, account, Path(out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
