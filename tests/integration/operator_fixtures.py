@@ -30,9 +30,12 @@ def _free_port() -> int:
 class OperatorProcess:
     """One `paraserve operator` process; killed and restarted by tests that need it."""
 
-    def __init__(self, cluster: LocalCluster, log_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, cluster: LocalCluster, log_dir: Path, *extra: str, identity: str = "integration-tests"
+    ) -> None:
         self.cluster = cluster
-        self.log_path = log_dir / "operator.log"
+        self.identity = identity
+        self.log_path = log_dir / f"operator-{identity}.log"
         self.metrics_port = _free_port()
         self.health_port = _free_port()
         self.extra = extra
@@ -50,7 +53,7 @@ class OperatorProcess:
             str(self.cluster.kubeconfig),
             # A fixed identity takes its own Lease back at once after a SIGKILL.
             "--identity",
-            "integration-tests",
+            self.identity,
             "--leader-election-namespace",
             "default",
             "--metrics-address",

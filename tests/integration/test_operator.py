@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -332,3 +333,34 @@ def test_operator_killed_during_creation_converges(
         # An interrupted creation is filled in, never mistaken for a failed gang.
         items = cluster.get("inferencedeployments", namespace=namespace)["items"]
         assert [d["status"]["restarts"] for d in items] == [0] * count
+
+
+def test_only_the_lease_holder_acts(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, tmp_path: Path
+):
+    standby = OperatorProcess(cluster, tmp_path, identity="standby")
+    try:
+        standby.start_healthy()
+        assert "standby" in standby.get(standby.health_port, "/healthz")
+        assert "paraserve_operator_leader 0.0" in standby.get(standby.metrics_port, "/metrics")
+
+        operator.stop()  # a clean stop releases the Lease: the standby takes over at once
+        wait(
+            cluster,
+            lambda: (
+                "paraserve_operator_leader 1.0" in standby.get(standby.metrics_port, "/metrics")
+            ),
+            "the standby leads",
+            timeout=30,
+        )
+        with cluster.gpu_pool("1 x 8 x A100-80GB") as pool:
+            cluster.apply(deployment("led", pool.node_selector), namespace=namespace)
+            wait(
+                cluster,
+                lambda: len(p := pods_of(cluster, namespace, "led")) == 8 and running(p),
+                "the new leader creates the ranks",
+            )
+    finally:
+        standby.stop()
+        if not operator.alive():
+            operator.start_healthy()

@@ -165,7 +165,7 @@ class Reconciler:
             )
             if written is None:
                 return CONFLICT_RETRY
-            announcement = phase_event(status.get("phase"), desired["phase"], observation)
+            announcement = phase_event(status, desired, observation)
             if announcement is not None:
                 await self._event(body, *announcement)
         return decision.requeue_after if decision is not None else None

@@ -251,14 +251,20 @@ def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict
     return patch
 
 
-def phase_event(old: str | None, new: str, obs: Observation) -> tuple[str, str, str] | None:
-    """(type, reason, message) of the Event announcing a phase change, or None."""
+def phase_event(
+    current: Mapping[str, Any], desired: Mapping[str, Any], obs: Observation
+) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event announcing a phase change, or None.
+
+    A new reason to reject (e.g. the pool was empty, now it is too small) is announced too.
+    """
+    old, new = current.get("phase"), desired["phase"]
+    if obs.rejection is not None and _validated_reason(current) != obs.rejection.code:
+        return ("Warning", obs.rejection.code, obs.rejection.message)
     if old == new:
         return None
     counts = _counts(obs)
     ranks = f"{counts.ready}/{counts.total} ranks ready" if counts else ""
-    if new == Phase.REJECTED.value and obs.rejection is not None:
-        return ("Warning", obs.rejection.code, obs.rejection.message)
     if new == Phase.WAITING.value:
         warning = next(
             (w for w in (obs.plan.warnings if obs.plan else []) if w.code == _FREE), None
@@ -267,3 +273,12 @@ def phase_event(old: str | None, new: str, obs: Observation) -> tuple[str, str, 
     kind = "Warning" if new in (Phase.DEGRADED.value, Phase.FAILED.value) else "Normal"
     previous = old or "new"
     return (kind, new, f"phase {previous} → {new}" + (f": {ranks}" if ranks else ""))
+
+
+def _validated_reason(status: Mapping[str, Any]) -> str | None:
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == ConditionType.VALIDATED:
+            if condition.get("status") == "False":
+                return str(condition.get("reason"))
+            return None
+    return None

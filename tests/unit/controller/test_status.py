@@ -6,7 +6,13 @@ from typing import Any
 
 from paraserve.api import Finding, InferenceDeploymentSpec
 from paraserve.controller.gang import Decision, GangState, ObservedPod, ReplicaState
-from paraserve.controller.status import Observation, desired_status, phase_of, status_patch
+from paraserve.controller.status import (
+    Observation,
+    desired_status,
+    phase_event,
+    phase_of,
+    status_patch,
+)
 from paraserve.planner import Pool, plan
 
 NOW = "2026-01-01T00:00:00Z"
@@ -132,3 +138,20 @@ def test_measurement_fields_are_left_alone():
     status = desired_status(observe(observed=pods()), current, NOW)
     assert "memory" not in status and "measured" not in status
     assert any(c["type"] == "MeetsSLO" for c in status["conditions"])
+
+
+def test_events_on_phase_changes_and_new_rejection_codes():
+    ready = desired_status(observe(observed=pods()), {}, NOW)
+    assert phase_event({}, ready, observe(observed=pods()))[:2] == ("Normal", "Ready")
+    assert phase_event(ready, ready, observe(observed=pods())) is None
+    empty = Finding(code="NoMatchingNodes", message="the pool is empty")
+    small = Finding(code="InsufficientGPUs", message="PP=8 × TP=2 = 16 GPUs required; …")
+    first = desired_status(observe(rejection=empty), {}, NOW)
+    assert phase_event({}, first, observe(rejection=empty))[:2] == ("Warning", "NoMatchingNodes")
+    second = desired_status(observe(rejection=small), first, NOW)
+    assert first["phase"] == second["phase"] == "Rejected"
+    assert phase_event(first, second, observe(rejection=small))[:2] == (
+        "Warning",
+        "InsufficientGPUs",
+    )
+    assert phase_event(second, second, observe(rejection=small)) is None
