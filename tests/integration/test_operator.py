@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Iterator
@@ -364,3 +365,51 @@ def test_only_the_lease_holder_acts(
         standby.stop()
         if not operator.alive():
             operator.start_healthy()
+
+
+def test_invalid_change_keeps_serving_and_valid_change_rolls(cluster: LocalCluster, namespace: str):
+    with cluster.gpu_pool("1 x 8 x A100-80GB") as pool:
+        cluster.apply(deployment("change", pool.node_selector), namespace=namespace)
+        wait(cluster, lambda: phase(cluster, namespace, "change") == "Ready", "Ready")
+        before = {p["metadata"]["uid"] for p in pods_of(cluster, namespace, "change")}
+        assert len(before) == 8
+
+        def patch(parallelism: dict[str, int]) -> None:
+            body = json.dumps({"spec": {"parallelism": parallelism}})
+            cluster.kubectl("patch", "infd", "change", "-n", namespace, "--type=merge", "-p", body)
+
+        # PP=8 × TP=2 can never fit: refused with the code, and the running ranks keep serving.
+        patch({"pipeline": 8, "tensor": 2, "sequence": 2})
+
+        def refused() -> bool:
+            body = infd(cluster, namespace, "change")
+            validated = condition(body, "Validated")
+            return (
+                body["status"].get("observedGeneration") == body["metadata"]["generation"]
+                and validated["status"] == "False"
+                and validated["reason"] == "InsufficientGPUs"
+            )
+
+        wait(cluster, refused, "the change refused")
+        time.sleep(2)
+        assert {p["metadata"]["uid"] for p in pods_of(cluster, namespace, "change")} == before
+        assert phase(cluster, namespace, "change") == "Ready"
+
+        # PP=2 × TP=4 fits: validated, then the replica is replaced by the new layout.
+        patch({"pipeline": 2, "tensor": 4, "sequence": 1})
+
+        def rolled() -> bool:
+            pods = pods_of(cluster, namespace, "change")
+            return (
+                len(pods) == 8
+                and running(pods)
+                and not {p["metadata"]["uid"] for p in pods} & before
+                and {env_of(p)["PARASERVE_TP_SIZE"] for p in pods} == {"4"}
+            )
+
+        wait(cluster, rolled, "the new layout running")
+        body = infd(cluster, namespace, "change")
+        assert condition(body, "Validated")["status"] == "True"
+        assert body["status"]["restarts"] == 0
+        stages = [s["layers"] for s in body["status"]["plan"]["stages"]]
+        assert stages == [[0, 40], [40, 80]]
