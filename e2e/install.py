@@ -48,6 +48,11 @@ CLUSTER_GRANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("/nodes", "*", ("list", "watch")),
     ("apiextensions.k8s.io/customresourcedefinitions", "*", ("list", "watch")),
 )
+#: … with the self-managed webhook, its configuration …
+WEBHOOK_GRANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("admissionregistration.k8s.io/validatingwebhookconfigurations", "*", ("create",)),
+    ("admissionregistration.k8s.io/validatingwebhookconfigurations", "paraserve.dev", ("patch",)),
+)
 #: … and in its own namespace, for leader election.
 LEADER_ELECTION_GRANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("coordination.k8s.io/leases", "*", ("create",)),

@@ -20,6 +20,7 @@ from e2e.install import (
     LEADER_ELECTION_GRANTS,
     NAMESPACE,
     NAMESPACED_GRANTS,
+    WEBHOOK_GRANTS,
     expand,
     find,
     helm_template,
@@ -103,6 +104,7 @@ def test_default_install_objects(default: list[dict[str, Any]]) -> None:
         ("Role", "paraserve-leader-election"),
         ("RoleBinding", "paraserve-leader-election"),
         ("Service", "paraserve-metrics"),
+        ("Service", "paraserve-webhook"),
         ("ServiceAccount", "paraserve"),
     ]
     for obj in default:
@@ -139,7 +141,7 @@ def test_operator_container_probes_resources_and_flags(default: list[dict[str, A
     container = operator_container(default)
     assert container["image"] == "ghcr.io/paraserve/operator:0.1.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 8000}
+    assert ports == {"health": 8080, "metrics": 8000, "webhook": 9443}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
@@ -156,6 +158,13 @@ def test_operator_container_probes_resources_and_flags(default: list[dict[str, A
 
 def test_rbac_is_exactly_what_the_operator_uses(default: list[dict[str, Any]]) -> None:
     assert rbac_grants(default) == (
+        expand("cluster", NAMESPACED_GRANTS)
+        | expand("cluster", CLUSTER_GRANTS)
+        | expand("cluster", WEBHOOK_GRANTS)
+        | expand(NAMESPACE, LEADER_ELECTION_GRANTS)
+    )
+    no_webhook = helm_template({"webhook.enabled": False})
+    assert rbac_grants(no_webhook) == (
         expand("cluster", NAMESPACED_GRANTS)
         | expand("cluster", CLUSTER_GRANTS)
         | expand(NAMESPACE, LEADER_ELECTION_GRANTS)
@@ -183,6 +192,7 @@ def test_watch_namespaces_bind_namespaced_permissions_only_there() -> None:
         | expand("team-b", NAMESPACED_GRANTS)
         | expand("cluster", CLUSTER_GRANTS)
         | expand("cluster", (("/namespaces", "*", ("list", "watch")),))
+        | expand("cluster", WEBHOOK_GRANTS)
         | expand(NAMESPACE, LEADER_ELECTION_GRANTS)
     )
     args = parse_operator_args(operator_container(objects)["args"])
@@ -250,12 +260,18 @@ def test_metrics_service_and_optional_service_monitor(default: list[dict[str, An
     )
 
     off = helm_template({"metrics.enabled": False})
-    assert not [o for o in off if o["kind"] in ("Service", "ServiceMonitor")]
+    assert not [
+        o for o in off if "metrics" in o["metadata"]["name"] or o["kind"] == "ServiceMonitor"
+    ]
     assert parse_operator_args(operator_container(off)["args"]).metrics_port == 0
 
 
-def test_webhook_is_off_by_default(default: list[dict[str, Any]]) -> None:
-    assert not [o for o in default if "Webhook" in o["kind"] or o["kind"] == "Certificate"]
+def test_webhook_can_be_turned_off() -> None:
+    objects = helm_template({"webhook.enabled": False})
+    assert not [o for o in objects if "webhook" in o["metadata"]["name"]]
+    container = operator_container(objects)
+    assert parse_operator_args(container["args"]).webhook == webhook_options.OFF
+    assert "webhook" not in {p["name"] for p in container["ports"]}
 
 
 def test_self_managed_webhook_registers_itself() -> None:
