@@ -36,6 +36,8 @@ class ObservedPod:
     node: str | None = None
     terminating: bool = False
     reason: str = ""
+    # uid of the deployment that owns the pod; a deleted namesake's pods are not ours.
+    owner_uid: str = ""
 
     @property
     def running(self) -> bool:
@@ -68,6 +70,7 @@ class ObservedPod:
         except (KeyError, TypeError, ValueError):
             return None
         conditions = status.get("conditions") or []
+        owners = [o for o in metadata.get("ownerReferences") or [] if o.get("controller")]
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         return cls(
             name=str(metadata.get("name", "")),
@@ -80,6 +83,7 @@ class ObservedPod:
             node=(pod.get("spec") or {}).get("nodeName"),
             terminating=metadata.get("deletionTimestamp") is not None,
             reason=str(status.get("reason") or ""),
+            owner_uid=str(owners[0].get("uid", "")) if owners else "",
         )
 
 

@@ -120,7 +120,9 @@ class Reconciler:
         namespace, name = key
         status: dict[str, Any] = body.get("status") or {}
         resource_version = metadata.get("resourceVersion")
-        pods = self.views.ranks_of(key)
+        uid = str(metadata.get("uid", ""))
+        # Pods left by a deleted deployment of the same name wait for the garbage collector.
+        pods = [p for p in self.views.ranks_of(key) if p.owner_uid in ("", uid)]
         state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
 
         spec, rejection = self._parse(name, body.get("spec") or {})
@@ -242,6 +244,13 @@ class Reconciler:
         owner = render.Owner(name=name, namespace=namespace, uid=str(metadata.get("uid", "")))
         await self._apply_shared(key, owner, spec, verdict)
         if decision.delete:
+            logger.info(
+                "%s/%s: deleting %d pods: %s",
+                namespace,
+                name,
+                len(decision.delete),
+                " ".join(p.name for p in decision.delete),
+            )
             await self.cluster.delete_pods(namespace, [(p.name, p.uid) for p in decision.delete])
         if decision.create:
             hash_ = render.template_hash(spec, self.settings.default_image)
@@ -260,6 +269,13 @@ class Reconciler:
             ]
             created = await self.cluster.create_all(manifests)
             self.metrics.pods_created.inc(sum(created))
+            logger.info(
+                "%s/%s: created %d of %d pods (the rest existed already)",
+                namespace,
+                name,
+                sum(created),
+                len(manifests),
+            )
             whole = [r for r, only in decision.create if only is None]
             if whole:
                 replicas = ", ".join(str(r) for r in whole)

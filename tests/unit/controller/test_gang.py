@@ -196,3 +196,18 @@ def test_observed_pod_from_a_pod_object():
     assert (observed.replica, observed.rank, observed.node) == (0, 1, "n1")
     assert observed.ready and observed.terminating and observed.broken
     assert ObservedPod.from_pod({"metadata": {"labels": {}}}) is None
+
+
+def test_observed_pod_knows_its_controller():
+    body = {
+        "metadata": {
+            "name": "d-0-0",
+            "labels": {"paraserve.dev/replica": "0", "paraserve.dev/rank": "0"},
+            "ownerReferences": [
+                {"uid": "other", "controller": False},
+                {"uid": "mine", "controller": True},
+            ],
+        },
+    }
+    observed = ObservedPod.from_pod(body)
+    assert observed is not None and observed.owner_uid == "mine"
