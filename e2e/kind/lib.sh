@@ -41,11 +41,13 @@ kind_load_images() {
 }
 
 # kind_fake_gpus NODE COUNT [POOL]: advertise COUNT nvidia.com/gpu on NODE, as the NVIDIA device
-# plugin and GPU feature discovery would (kubelet copies capacity to allocatable).
+# plugin and GPU feature discovery would. kubelet keeps an extended resource it does not manage
+# and recomputes allocatable from capacity; both are set so that nothing waits for it.
 kind_fake_gpus() {
-    local node="$1" count="$2" pool="${3:-}"
+    local node="$1" count="$2" pool="${3:-}" gpus
+    gpus="{\"nvidia.com/gpu\":\"${count}\"}"
     kubectl patch node "${node}" --subresource=status --type=merge \
-        -p "{\"status\":{\"capacity\":{\"nvidia.com/gpu\":\"${count}\"}}}"
+        -p "{\"status\":{\"capacity\":${gpus},\"allocatable\":${gpus}}}"
     kubectl label node "${node}" --overwrite \
         nvidia.com/gpu.present=true \
         "nvidia.com/gpu.product=${GPU_PRODUCT}" \
