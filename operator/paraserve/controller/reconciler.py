@@ -37,7 +37,13 @@ from paraserve.controller.gang import (
     decide,
 )
 from paraserve.controller.metrics import OperatorMetrics
-from paraserve.controller.status import Observation, desired_status, phase_event, status_patch
+from paraserve.controller.status import (
+    Observation,
+    desired_status,
+    is_progress_only,
+    phase_event,
+    status_patch,
+)
 from paraserve.planner import Pool, plan
 
 logger = logging.getLogger("paraserve.controller")
@@ -48,6 +54,8 @@ INVALID_SPEC: Final = "InvalidSpec"
 INVALID_NAME: Final = "InvalidName"
 # After a write conflict the watch has a newer object on its way; look again shortly.
 CONFLICT_RETRY: Final = 1.0
+# Status writes that only count ranks (no phase, generation or condition change) are spaced.
+PROGRESS_WRITE_INTERVAL: Final = 1.0
 
 
 @dataclass
@@ -107,12 +115,14 @@ class Reconciler:
         self.clock = clock
         # Fingerprints of the Service and ConfigMap last applied, so they are written on change.
         self._applied: dict[Key, str] = {}
+        self._last_write: dict[Key, float] = {}
 
     async def reconcile(self, key: Key) -> float | None:
         """Bring one deployment one step closer to its spec; the delay to look again, if any."""
         body = self.views.deployment(key)
         if body is None:
             self._applied.pop(key, None)
+            self._last_write.pop(key, None)
             return None
         metadata = body.get("metadata", {})
         if metadata.get("deletionTimestamp"):
@@ -157,7 +167,14 @@ class Reconciler:
         )
         desired = desired_status(observation, status, _now_iso())
         patch = status_patch(status, desired)
+        requeue = decision.requeue_after if decision is not None else None
+        if patch and is_progress_only(status, patch):
+            # Ranks becoming ready one by one: at most one such write per interval per deployment.
+            wait = self._last_write.get(key, -1e9) + PROGRESS_WRITE_INTERVAL - time.monotonic()
+            if wait > 0:
+                return min(wait, requeue) if requeue is not None else wait
         if patch:
+            self._last_write[key] = time.monotonic()
             written = await self.cluster.patch_deployment(
                 namespace,
                 name,
@@ -170,7 +187,7 @@ class Reconciler:
             announcement = phase_event(status, desired, observation)
             if announcement is not None:
                 await self._event(body, *announcement)
-        return decision.requeue_after if decision is not None else None
+        return requeue
 
     # -- steps -----------------------------------------------------------------------------
 

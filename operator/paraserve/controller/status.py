@@ -251,6 +251,26 @@ def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict
     return patch
 
 
+_PROGRESS_FIELDS: Final = frozenset({"ranks", "gpusFree", "replicas", "conditions", "memory"})
+
+
+def is_progress_only(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """The patch only moves counters: no phase, generation, plan or condition status change."""
+    if not set(patch) <= _PROGRESS_FIELDS:
+        return False
+    if "conditions" not in patch:
+        return True
+
+    def verdicts(conditions: Any) -> set[tuple[Any, Any, Any]]:
+        return {
+            (c.get("type"), c.get("status"), c.get("reason"))
+            for c in conditions or []
+            if isinstance(c, Mapping)
+        }
+
+    return verdicts(current.get("conditions")) == verdicts(patch["conditions"])
+
+
 def phase_event(
     current: Mapping[str, Any], desired: Mapping[str, Any], obs: Observation
 ) -> tuple[str, str, str] | None:

@@ -155,3 +155,16 @@ def test_events_on_phase_changes_and_new_rejection_codes():
         "InsufficientGPUs",
     )
     assert phase_event(second, second, observe(rejection=small)) is None
+
+
+def test_progress_only_patches_are_recognised():
+    from paraserve.controller.status import is_progress_only
+
+    current = desired_status(observe(observed=pods(ready=False)), {}, NOW)
+    some_ready = [
+        p if p.rank > 3 else ObservedPod(**{**p.__dict__, "ready": True}) for p in pods(ready=False)
+    ]
+    progress = status_patch(current, desired_status(observe(observed=some_ready), current, NOW))
+    assert set(progress) == {"ranks", "conditions"} and is_progress_only(current, progress)
+    done = status_patch(current, desired_status(observe(observed=pods()), current, NOW))
+    assert "phase" in done and not is_progress_only(current, done)
