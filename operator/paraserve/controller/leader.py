@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,12 @@ class LeaderElector:
         """Return once this process holds the Lease."""
         announced = False
         while True:
-            if await self._try_acquire_or_renew():
+            try:
+                acquired = await self._try_acquire_or_renew()
+            except Exception as error:  # the API server may be briefly away: keep trying
+                logger.warning("cannot reach lease %s/%s: %s", self.namespace, self.name, error)
+                acquired = False
+            if acquired:
                 logger.info("acquired lease %s/%s as %s", self.namespace, self.name, self.identity)
                 return
             if not announced:
@@ -100,7 +106,7 @@ class LeaderElector:
 
     async def _try_acquire_or_renew(self) -> bool:
         now = _micro_time()
-        duration = int(self.timings.lease_duration)
+        duration = max(1, math.ceil(self.timings.lease_duration))  # whole seconds on the wire
         current = await self.cluster.request("GET", self.path, resource="leases")
         if current.status == 404:
             lease = {
