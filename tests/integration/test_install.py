@@ -313,3 +313,70 @@ def test_chart_renders_what_helm_installs(cluster: LocalCluster) -> None:
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(manifest) if d)
     rendered = sorted(o["kind"] for o in install.helm_template(namespace="default"))
     assert kinds == rendered
+
+
+def test_chart_rbac_for_watched_namespaces_only(cluster: LocalCluster, tmp_path: Path) -> None:
+    """`watchNamespaces`: RoleBindings there only, still enough for a whole reconcile."""
+    release_namespace = "paraserve-scoped"
+    with cluster.namespace() as workload, cluster.namespace() as elsewhere:
+        cluster.kubectl("create", "namespace", release_namespace)
+        try:
+            cluster.helm(
+                "install", "paraserve", str(install.CHART), "--namespace", release_namespace,
+                "--set", "replicaCount=0", "--set", "webhook.enabled=false",
+                "--set-json", f'watchNamespaces=["{workload}"]',
+            )  # fmt: skip
+            account = f"system:serviceaccount:{release_namespace}:paraserve"
+            assert can_i(cluster, account, "create", "pods", "-n", workload)
+            assert not can_i(cluster, account, "create", "pods", "-n", elsewhere)
+            assert not can_i(cluster, account, "list", "pods", "-A")
+            assert can_i(cluster, account, "list", "namespaces")
+            assert not can_i(cluster, account, "create", "validatingwebhookconfigurations")
+            kubeconfig = install.service_account_kubeconfig(
+                cluster.kubeconfig, release_namespace, "paraserve",
+                tmp_path / "operator.kubeconfig", env=cluster.env,
+            )  # fmt: skip
+            log = tmp_path / "operator.log"
+            with (
+                loopback_pool(cluster, "1 x 8 x A100-80GB") as selector,
+                install.local_operator(
+                    kubeconfig, log, lease_namespace=release_namespace,
+                    extra=[f"--namespace={workload}", "--webhook=off"],
+                ) as operator,
+            ):  # fmt: skip
+
+                def log_tail() -> str:
+                    return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+
+                impossible = example(EXAMPLES / "review-pp8-tp2-sp2.yaml", selector)
+                fitting = example(EXAMPLES / "review-pp4-tp2-sp2.yaml", selector)
+                cluster.apply(impossible, fitting, namespace=workload)
+
+                def settled() -> bool:
+                    assert operator.poll() is None, log_tail()
+                    items = cluster.get("infd", namespace=workload)["items"]
+                    phases = {
+                        d["metadata"]["name"]: d.get("status", {}).get("phase") for d in items
+                    }
+                    pods = pods_of(cluster, workload, fitting["metadata"]["name"])
+                    return (
+                        phases.get(impossible["metadata"]["name"]) == "Rejected"
+                        and phases.get(fitting["metadata"]["name"]) in ("Running", "Ready")
+                        and len(pods) == 8
+                    )
+
+                try:
+                    cluster.wait_for(settled, timeout=120, what="Rejected and Running")
+                except TimeoutError as error:
+                    raise AssertionError(log_tail()) from error
+                rejected = cluster.get("infd", impossible["metadata"]["name"], namespace=workload)
+                validated = next(
+                    c for c in rejected["status"]["conditions"] if c["type"] == "Validated"
+                )
+                assert "PP=8 × TP=2 = 16 GPUs required" in validated["message"], validated
+            text = log.read_text(errors="replace")
+            for refusal in ("HTTP 403", "Forbidden", "is forbidden"):
+                assert refusal not in text, text[-3000:]
+        finally:
+            cluster.helm("uninstall", "paraserve", "--namespace", release_namespace, check=False)
+            cluster.kubectl("delete", "namespace", release_namespace, "--wait=false")
