@@ -413,3 +413,18 @@ def test_invalid_change_keeps_serving_and_valid_change_rolls(cluster: LocalClust
         assert body["status"]["restarts"] == 0
         stages = [s["layers"] for s in body["status"]["plan"]["stages"]]
         assert stages == [[0, 40], [40, 80]]
+
+
+def test_rejected_for_an_empty_pool_starts_when_nodes_join(cluster: LocalCluster, namespace: str):
+    # Validation happens at every reconcile: a pool that grows turns a rejection into ranks.
+    selector = {"paraserve.dev/pool": f"later-{namespace}"}
+    cluster.apply(deployment("early", selector), namespace=namespace)
+    wait(cluster, lambda: phase(cluster, namespace, "early") == "Rejected", "Rejected")
+    assert condition(infd(cluster, namespace, "early"), "Validated")["reason"] == "NoMatchingNodes"
+    with cluster.gpu_pool("1 x 8 x A100-80GB", name=f"later-{namespace}"):
+        wait(
+            cluster,
+            lambda: len(p := pods_of(cluster, namespace, "early")) == 8 and running(p),
+            "ranks once the pool exists",
+        )
+        assert condition(infd(cluster, namespace, "early"), "Validated")["status"] == "True"
