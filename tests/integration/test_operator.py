@@ -428,3 +428,35 @@ def test_rejected_for_an_empty_pool_starts_when_nodes_join(cluster: LocalCluster
             "ranks once the pool exists",
         )
         assert condition(infd(cluster, namespace, "early"), "Validated")["status"] == "True"
+
+
+def test_an_evicted_rank_restarts_its_gang(cluster: LocalCluster, namespace: str):
+    with cluster.gpu_pool("1 x 8 x A100-80GB") as pool:
+        small = {"parallelism": {"pipeline": 2, "tensor": 1, "sequence": 1}, "model": SMALL_MODEL}
+        cluster.apply(deployment("evict", pool.node_selector, **small), namespace=namespace)
+        wait(cluster, lambda: phase(cluster, namespace, "evict") == "Ready", "Ready")
+        before = {p["metadata"]["uid"] for p in pods_of(cluster, namespace, "evict")}
+        # What the kubelet writes when it evicts a pod under node pressure.
+        failed = {"status": {"phase": "Failed", "reason": "Evicted", "message": "node pressure"}}
+        cluster.kubectl(
+            "patch", "pod", "evict-0-1", "-n", namespace, "--subresource=status",
+            "--type=merge", "-p", json.dumps(failed),
+        )  # fmt: skip
+
+        def recreated() -> bool:
+            pods = pods_of(cluster, namespace, "evict")
+            uids = {p["metadata"]["uid"] for p in pods}
+            return len(pods) == 2 and running(pods) and not uids & before
+
+        wait(cluster, recreated, "the gang recreated")
+        wait(cluster, lambda: phase(cluster, namespace, "evict") == "Ready", "Ready again")
+        assert infd(cluster, namespace, "evict")["status"]["restarts"] == 1
+        wait(
+            cluster,
+            lambda: any(
+                e["reason"] == "ReplicaRestart" and "evicted" in e["message"]
+                for e in events(cluster, namespace, "evict")
+            ),
+            "a ReplicaRestart event naming the eviction",
+            timeout=20,
+        )
