@@ -144,11 +144,12 @@ def inference_crd(cluster: LocalCluster) -> Path:
     return CRD
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(
     cluster: LocalCluster, inference_crd: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """`paraserve operator`, cluster-wide, for the whole session."""
+    """`paraserve operator`, cluster-wide, for one test module (so it never serves, beside
+    their own operator, the namespaces of other modules' tests)."""
     process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
     process.start_healthy()
     try:
