@@ -95,11 +95,25 @@ def selector_labels(deployment: str) -> dict[str, str]:
 
 
 def template_hash(spec: InferenceDeploymentSpec, default_image: str) -> str:
-    """Fingerprint of everything a rank pod is made from; a change rolls the replicas.
+    """Fingerprint of everything a rank pod or its topology is made from; a change rolls.
 
-    Replicas (handled by scaling) and the SLO (read only by the measurement loop) are left out.
+    Left out: replicas (scaling), the SLO and metrics profile (read by the measurement loop),
+    and the memory-check inputs (gpu.memory, maxMemoryUtilization, memory), which change the
+    verdict but not a single byte of a pod.
     """
-    essence = spec.model_dump(mode="json", by_alias=True, exclude={"replicas", "slo"})
+    essence = spec.model_dump(
+        mode="json",
+        by_alias=True,
+        include={
+            "model": True,
+            "parallelism": True,
+            "serving": True,
+            "gpu": {"resource_name"},
+            "placement": True,
+            "worker": True,
+            "metrics": {"port", "path"},
+        },
+    )
     essence["defaultImage"] = default_image
     digest = hashlib.sha256(json.dumps(essence, sort_keys=True).encode()).hexdigest()
     return digest[:10]

@@ -277,13 +277,20 @@ def test_topology_omits_a_missing_architecture():
     assert document["model"]["kvCacheDtype"] == "float16"
 
 
-def test_template_hash_ignores_replicas_and_slo_but_not_the_worker():
+def test_template_hash_ignores_what_no_pod_is_made_from():
     base = review_spec()
-    same = review_spec(replicas=3, slo={"prefillP99": "1s"})
+    same = review_spec(
+        replicas=3,
+        slo={"prefillP99": "1s"},
+        gpu={"memory": "81559Mi", "maxMemoryUtilization": 0.9},
+        memory={"overheadPerGpu": "10G"},
+    )
     other = review_spec(worker={"image": "worker:2"})
     assert render.template_hash(base, IMAGE) == render.template_hash(same, IMAGE)
     assert render.template_hash(base, IMAGE) != render.template_hash(other, IMAGE)
     assert render.template_hash(base, IMAGE) != render.template_hash(base, "other:image")
+    serving = review_spec(serving={"maxBatchSize": 32})
+    assert render.template_hash(base, IMAGE) != render.template_hash(serving, IMAGE)
 
 
 def test_name_problem_for_hostnames_longer_than_a_dns_label():
