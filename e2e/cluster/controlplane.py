@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
+import random
 import socket
 import ssl
 import subprocess
@@ -32,13 +34,31 @@ class ClusterStartError(RuntimeError):
     """A component did not become healthy; the message carries the end of its log."""
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel considers free now; held open together so they are distinct."""
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(count):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free now, below the ephemeral range so outgoing connections do not take them.
+
+    A port the kernel hands out for `bind(0)` comes from the ephemeral range, where every
+    kubectl call and client connection on a busy machine also takes its source port.
+    """
+    low = _ephemeral_range()[0]
+    first = 10000 if low > 12000 else 1024
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", random.randrange(first, low)))
+            except OSError:
+                sock.close()
+                continue
             socks.append(sock)
         return [s.getsockname()[1] for s in socks]
     finally:
@@ -164,7 +184,6 @@ class ControlPlane:
                 )
             (self.bin_dir / name).symlink_to(path)
         self._pki = make_pki(self.workdir / "pki")
-        write_kubeconfig(self.kubeconfig, self.server, self._pki)
 
     @property
     def pki(self) -> Pki:
@@ -192,7 +211,48 @@ class ControlPlane:
             f"{name} not healthy in time:\n{_log_tail(self.logs_dir / f'{name}.log')}"
         )
 
+    def _with_port_retry(
+        self, name: str, fields: tuple[str, ...], attempt: Callable[[], None]
+    ) -> None:
+        """Run `attempt`; if the component lost its port to another process, take new ports."""
+        for tries in range(1, 4):
+            try:
+                attempt()
+                return
+            except ClusterStartError as error:
+                if "address already in use" not in str(error) or tries == 3:
+                    raise
+            log = self.logs_dir / f"{name}.log"
+            log.replace(log.with_suffix(f".log.{tries}"))
+            fresh = free_ports(len(fields))
+            self.ports = dataclasses.replace(self.ports, **dict(zip(fields, fresh, strict=True)))
+
     def _start_etcd(self, deadline: float) -> None:
+        self._with_port_retry(
+            "etcd", ("etcd_client", "etcd_peer"), lambda: self._start_etcd_once(deadline)
+        )
+
+    def _start_apiserver(self, deadline: float) -> None:
+        self._with_port_retry(
+            "kube-apiserver", ("apiserver",), lambda: self._start_apiserver_once(deadline)
+        )
+
+    def _start_controller_manager(self, deadline: float) -> None:
+        self._with_port_retry(
+            "kube-controller-manager",
+            ("controller_manager",),
+            lambda: self._start_controller_manager_once(deadline),
+        )
+
+    def _start_scheduler(self, deadline: float) -> None:
+        self._with_port_retry(
+            "kube-scheduler", ("scheduler",), lambda: self._start_scheduler_once(deadline)
+        )
+
+    def _start_kwok(self, deadline: float) -> None:
+        self._with_port_retry("kwok", ("kwok",), lambda: self._start_kwok_once(deadline))
+
+    def _start_etcd_once(self, deadline: float) -> None:
         client = f"http://127.0.0.1:{self.ports.etcd_client}"
         peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
         self._spawn(
@@ -213,8 +273,10 @@ class ControlPlane:
         )
         self._wait("etcd", lambda: _get(f"{client}/health") is not None, deadline)
 
-    def _start_apiserver(self, deadline: float) -> None:
+    def _start_apiserver_once(self, deadline: float) -> None:
         pki = self.pki
+        self.server = f"https://127.0.0.1:{self.ports.apiserver}"
+        write_kubeconfig(self.kubeconfig, self.server, pki)
         self._spawn(
             "kube-apiserver",
             [
@@ -252,7 +314,7 @@ class ControlPlane:
             "--v=1",
         ]
 
-    def _start_controller_manager(self, deadline: float) -> None:
+    def _start_controller_manager_once(self, deadline: float) -> None:
         pki = self.pki
         port = self.ports.controller_manager
         self._spawn(
@@ -272,13 +334,13 @@ class ControlPlane:
         url = f"https://127.0.0.1:{port}/healthz"
         self._wait("kube-controller-manager", lambda: _get(url) == b"ok", deadline)
 
-    def _start_scheduler(self, deadline: float) -> None:
+    def _start_scheduler_once(self, deadline: float) -> None:
         port = self.ports.scheduler
         self._spawn("kube-scheduler", self._component_args(port, "kube-scheduler"))
         url = f"https://127.0.0.1:{port}/healthz"
         self._wait("kube-scheduler", lambda: _get(url) == b"ok", deadline)
 
-    def _start_kwok(self, deadline: float) -> None:
+    def _start_kwok_once(self, deadline: float) -> None:
         stages = self.workdir / "kwok-stages.yaml"
         stages.write_text("\n---\n".join(p.read_text() for p in build.kwok_stages()))
         key, value = KWOK_NODE_ANNOTATION
