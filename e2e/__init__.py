@@ -1,0 +1,1 @@
+"""End-to-end suite and the clusters it runs on."""
