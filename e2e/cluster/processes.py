@@ -159,10 +159,13 @@ def live_runs() -> list[RunRecord]:
     return [r for r in records if r.owner_alive()]
 
 
+# Resolved here, not in the forked child: between fork and exec only a bare call is safe.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
     # If the owner is SIGKILLed, the kernel kills the component too: nothing is left running.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def spawn(
