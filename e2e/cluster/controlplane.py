@@ -166,6 +166,8 @@ class ControlPlane:
         return {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
+            # kubectl and helm cache discovery per server URL; keep it out of ~/.kube/cache.
+            "KUBECACHEDIR": str(self.workdir / "kube-cache"),
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "HELM_CACHE_HOME": str(helm_home / "cache"),
             "HELM_CONFIG_HOME": str(helm_home / "config"),

@@ -215,6 +215,9 @@ def test_project_crd_installs_and_explains(cluster: LocalCluster) -> None:
 def test_kubectl_and_helm_report_the_pinned_versions(
     cluster: LocalCluster, namespace: str, tmp_path: Path
 ) -> None:
+    cluster.kubectl("api-resources")  # fills kubectl's discovery cache
+    port = cluster.server.rsplit(":", 1)[1]
+    assert not (Path.home() / ".kube" / "cache" / "discovery" / f"127.0.0.1_{port}").exists()
     versions = json.loads(cluster.kubectl("version", "-o", "json").stdout)
     assert versions["serverVersion"]["gitVersion"] == KUBERNETES_VERSION
     assert versions["clientVersion"]["gitVersion"] == KUBERNETES_VERSION
