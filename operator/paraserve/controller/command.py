@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds before a failed replica is first recreated; doubles per failure",
     )
     parser.add_argument("--restart-backoff-max", type=float, default=300.0)
+    parser.add_argument(
+        "--unschedulable-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a rank may stay unschedulable before its gang is recreated elsewhere",
+    )
     parser.add_argument("--log-format", choices=("json", "plain", "full"), default="json")
     parser.add_argument("-v", "--verbose", action="store_true")
     webhook_options.add_arguments(parser)
@@ -103,6 +109,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             resync=args.resync,
             backoff_base=args.restart_backoff,
             backoff_max=args.restart_backoff_max,
+            unschedulable_after=args.unschedulable_timeout,
         ),
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,

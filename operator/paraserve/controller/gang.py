@@ -9,6 +9,7 @@ after an exponential back-off, recreated. The state that must survive an operato
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,10 @@ class ObservedPod:
     reason: str = ""
     # uid of the deployment that owns the pod; a deleted namesake's pods are not ours.
     owner_uid: str = ""
+    # The node its group was placed on by the operator (before the scheduler binds it).
+    planned_node: str | None = None
+    # Since when (epoch seconds) the scheduler has found no node for it, if it has not.
+    unschedulable_since: float | None = None
 
     @property
     def running(self) -> bool:
@@ -48,8 +53,15 @@ class ObservedPod:
         """The rank is gone for good: its gang cannot heal."""
         return self.phase in _ENDED or self.terminating
 
+    def stuck(self, now: float, after: float) -> bool:
+        """Unschedulable for longer than `after`: its gang holds GPUs it cannot use."""
+        since = self.unschedulable_since
+        return not self.node and since is not None and now - since > after
+
     @property
     def why(self) -> str:
+        if self.unschedulable_since is not None and not self.node and not self.broken:
+            return f"pod {self.name} could not be scheduled"
         if self.terminating:
             return f"pod {self.name} was deleted"
         if self.reason == "Evicted":
@@ -71,6 +83,16 @@ class ObservedPod:
             return None
         conditions = status.get("conditions") or []
         owners = [o for o in metadata.get("ownerReferences") or [] if o.get("controller")]
+        unschedulable = next(
+            (
+                c.get("lastTransitionTime")
+                for c in conditions
+                if c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+            ),
+            None,
+        )
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         return cls(
             name=str(metadata.get("name", "")),
@@ -84,7 +106,18 @@ class ObservedPod:
             terminating=metadata.get("deletionTimestamp") is not None,
             reason=str(status.get("reason") or ""),
             owner_uid=str(owners[0].get("uid", "")) if owners else "",
+            planned_node=(metadata.get("annotations") or {}).get(render.PLANNED_NODE_ANNOTATION),
+            unschedulable_since=_epoch(unschedulable),
         )
+
+
+def _epoch(timestamp: Any) -> float | None:
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -218,13 +251,16 @@ def decide(
     pods: Iterable[ObservedPod],
     state: GangState,
     now: float,
-    fits: Callable[[int], bool],
+    fits: Callable[[int, int], bool],
     backoff: Backoff = Backoff(),
     recheck_after: float = 2.0,
+    unschedulable_after: float = 120.0,
 ) -> Decision:
     """One step towards `desired_replicas` gangs of `world_size` ranks of `template_hash`.
 
-    `fits(n)` says whether n replicas fit the GPUs free now (own pods counted as free).
+    `fits(n, r)` says whether n replicas, the n-th being replica r, fit the GPUs free now
+    (own pods counted as free). A rank the scheduler cannot place for `unschedulable_after`
+    seconds fails its gang, so a half-placed replica gives its GPUs back and waits.
     """
     by_replica = group_by_replica(pods)
     b = _Builder(replicas=dict(state.replicas), restarts=state.restarts)
@@ -250,7 +286,7 @@ def decide(
         if not members:
             to_create.append(r)
             continue
-        broken = [p for p in members if p.broken]
+        broken = [p for p in members if p.broken or p.stuck(now, unschedulable_after)]
         present = {p.rank for p in members}
         missing = [k for k in range(world_size) if k not in present]
         if broken or (current.formed and missing and not _outdated(members, template_hash)):
@@ -271,7 +307,7 @@ def decide(
     # New and recreated replicas start only while the free GPUs hold them.
     active = len(holding)
     for r in sorted(to_create):
-        if fits(active + 1):
+        if fits(active + 1, r):
             active += 1
             b.create.append((r, None))
             b.replicas[r] = ReplicaState(attempt=b.replicas.get(r, ReplicaState()).attempt)

@@ -90,6 +90,12 @@ def gpu_pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
             "name": metadata.get("name"),
             "namespace": metadata.get("namespace"),
             "labels": plain(metadata.get("labels") or {}),
+            # Where the operator placed a rank not bound yet: its GPUs are spoken for.
+            "annotations": {
+                k: v
+                for k, v in (metadata.get("annotations") or {}).items()
+                if k == render.PLANNED_NODE_ANNOTATION
+            },
         },
         "spec": {
             "nodeName": spec.get("nodeName"),

@@ -26,7 +26,7 @@ from paraserve.api import (
     Plan,
     describe_validation_error,
 )
-from paraserve.controller import render
+from paraserve.controller import placement, render
 from paraserve.controller.cluster_io import Cluster
 from paraserve.controller.gang import (
     GANG_ANNOTATION,
@@ -64,6 +64,8 @@ class ControllerSettings:
     backoff: Backoff = field(default_factory=Backoff)
     resync_seconds: float = 60.0
     workers: int = 4
+    # A rank the scheduler cannot place this long fails its gang (it is re-placed).
+    unschedulable_after: float = 120.0
 
 
 class Views:
@@ -147,8 +149,10 @@ class Reconciler:
             if rejection is None and verdict.errors:
                 rejection = verdict.errors[0]
             if rejection is None:
-                decision = self._decide(spec, pool, pods, state)
-                applied = await self._act(key, metadata, spec, verdict, decision, resource_version)
+                decision, placements = self._decide(spec, pool, pods, state)
+                applied = await self._act(
+                    key, metadata, spec, verdict, decision, placements, resource_version
+                )
                 if applied is None:
                     return CONFLICT_RETRY
                 resource_version = applied
@@ -221,11 +225,30 @@ class Reconciler:
         pool: Pool,
         pods: list[ObservedPod],
         state: GangState,
-    ) -> Decision:
-        def fits(replicas: int) -> bool:
-            return plan(spec.model_copy(update={"replicas": replicas}), pool).schedulable_now
+    ) -> tuple[Decision, dict[int, dict[int, str]]]:
+        """The gang decision, and the node of each tensor-parallel group it creates (if pinned)."""
+        tensor = spec.parallelism.tensor
+        pin = spec.placement.tensor_parallel_within_node and tensor > 1
+        free: dict[str, int] = {}
+        if pin:
+            everyone = self.views.all_gpu_pods()
+            full = Pool.from_objects(self.views.all_nodes(), everyone, spec)
+            free = placement.free_by_node(full, everyone, spec.gpu.resource_name)
+        placements: dict[int, dict[int, str]] = {}
 
-        return decide(
+        def fits(replicas: int, replica: int) -> bool:
+            wanted = spec.model_copy(update={"replicas": replicas})
+            if not plan(wanted, pool).schedulable_now:
+                return False
+            if not pin:
+                return True
+            chosen = placement.place_groups(range(spec.parallelism.pipeline), tensor, free)
+            if chosen is None:
+                return False
+            placements[replica] = chosen
+            return True
+
+        decision = decide(
             desired_replicas=spec.replicas,
             world_size=spec.parallelism.world_size,
             template_hash=render.template_hash(spec, self.settings.default_image),
@@ -234,7 +257,22 @@ class Reconciler:
             now=self.clock(),
             fits=fits,
             backoff=self.settings.backoff,
+            unschedulable_after=self.settings.unschedulable_after,
         )
+        if pin:
+            # Ranks filled in after an interrupted creation join their group's node.
+            for replica, only in decision.create:
+                if only is None:
+                    continue
+                known = {
+                    p.rank // tensor: node
+                    for p in pods
+                    if p.replica == replica and (node := p.planned_node or p.node)
+                }
+                missing = sorted({rank // tensor for rank in only} - set(known))
+                extra = placement.place_groups(missing, tensor, free) or {}
+                placements[replica] = {**known, **extra}
+        return decision, placements
 
     async def _act(
         self,
@@ -243,6 +281,7 @@ class Reconciler:
         spec: InferenceDeploymentSpec,
         verdict: Plan,
         decision: Decision,
+        placements: Mapping[int, Mapping[int, str]],
         resource_version: str | None,
     ) -> str | None:
         """Persist gang state, then delete, then create. The resourceVersion after, or None."""
@@ -282,6 +321,7 @@ class Reconciler:
                     hash_=hash_,
                     default_image=self.settings.default_image,
                     only_ranks=only,
+                    group_nodes=placements.get(replica),
                 )
             ]
             created = await self.cluster.create_all(manifests)

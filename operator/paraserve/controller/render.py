@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,6 +20,7 @@ LABEL_TP_RANK: Final = "paraserve.dev/tp-rank"
 LABEL_TP_GROUP: Final = "paraserve.dev/tp-group"
 LABEL_TEMPLATE_HASH: Final = "paraserve.dev/template-hash"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+PLANNED_NODE_ANNOTATION: Final = "paraserve.dev/node"
 MANAGER: Final = "paraserve-operator"
 
 MASTER_PORT: Final = 29500
@@ -175,6 +176,17 @@ def _resources(spec: InferenceDeploymentSpec) -> dict[str, Any]:
     return resources
 
 
+def _pinned(node: str) -> dict[str, Any]:
+    """Required node affinity to the node the operator placed the group on."""
+    return {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+            ]
+        }
+    }
+
+
 def _affinity(deployment: str, replica: int, rank: Rank) -> dict[str, Any]:
     """Required co-location of a tensor-parallel group on one node (NVLink, not network)."""
     return {
@@ -203,8 +215,12 @@ def rank_pod(
     *,
     hash_: str,
     default_image: str,
+    node: str | None = None,
 ) -> dict[str, Any]:
-    """The pod of one rank: one GPU, the env contract, its DNS identity and its placement."""
+    """The pod of one rank: one GPU, the env contract, its DNS identity and its placement.
+
+    `node`: where the operator placed the rank's tensor-parallel group (pinned), if anywhere.
+    """
     name = pod_name(owner.name, replica, rank.rank)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -250,6 +266,10 @@ def rank_pod(
         pod_spec["tolerations"] = [t.to_wire() for t in placement.tolerations]
     if placement.tensor_parallel_within_node and spec.parallelism.tensor > 1:
         pod_spec["affinity"] = _affinity(owner.name, replica, rank)
+    annotations = {LABEL_TEMPLATE_HASH: hash_}
+    if node is not None:
+        pod_spec.setdefault("affinity", {})["nodeAffinity"] = _pinned(node)
+        annotations[PLANNED_NODE_ANNOTATION] = node
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -257,7 +277,7 @@ def rank_pod(
             "name": name,
             "namespace": owner.namespace,
             "labels": rank_labels(owner.name, replica, rank, hash_),
-            "annotations": {LABEL_TEMPLATE_HASH: hash_},
+            "annotations": annotations,
             "ownerReferences": [owner.reference],
         },
         "spec": pod_spec,
@@ -273,10 +293,24 @@ def replica_pods(
     hash_: str,
     default_image: str,
     only_ranks: Sequence[int] | None = None,
+    group_nodes: Mapping[int, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The pods of one replica in Megatron rank order (optionally just some ranks)."""
+    """The pods of one replica in Megatron rank order (optionally just some ranks).
+
+    `group_nodes` pins tensor-parallel groups (by pipeline rank) to nodes.
+    """
+    nodes = group_nodes or {}
     return [
-        rank_pod(owner, spec, stages, replica, rank, hash_=hash_, default_image=default_image)
+        rank_pod(
+            owner,
+            spec,
+            stages,
+            replica,
+            rank,
+            hash_=hash_,
+            default_image=default_image,
+            node=nodes.get(rank.tp_group),
+        )
         for rank in ranks(spec.parallelism)
         if only_ranks is None or rank.rank in only_ranks
     ]

@@ -194,10 +194,12 @@ def controller_settings(
     resync: float,
     backoff_base: float,
     backoff_max: float,
+    unschedulable_after: float = 120.0,
 ) -> ControllerSettings:
     return ControllerSettings(
         default_image=default_image,
         backoff=Backoff(base=backoff_base, cap=backoff_max),
         resync_seconds=resync,
         workers=workers,
+        unschedulable_after=unschedulable_after,
     )

@@ -48,7 +48,7 @@ def run(pods: list[ObservedPod], state: GangState = GangState(), **kw: Any):  # 
         "pods": pods,
         "state": state,
         "now": 1000.0,
-        "fits": lambda n: True,
+        "fits": lambda n, r: True,
         "backoff": Backoff(base=5, cap=40, reset_after=600),
     }
     args.update(kw)
@@ -62,7 +62,7 @@ def test_fresh_deployment_creates_whole_replicas():
 
 
 def test_replicas_wait_for_free_gpus():
-    decision = run([], desired_replicas=3, fits=lambda n: n <= 1)
+    decision = run([], desired_replicas=3, fits=lambda n, r: n <= 1)
     assert decision.create == ((0, None),)
     assert decision.waiting == (1, 2)
 
@@ -211,3 +211,36 @@ def test_observed_pod_knows_its_controller():
     }
     observed = ObservedPod.from_pod(body)
     assert observed is not None and observed.owner_uid == "mine"
+
+
+def test_a_rank_unschedulable_for_too_long_fails_its_gang():
+    stuck = pod(0, 3, node=None, phase="Pending", ready=False, unschedulable_since=900.0)
+    pods = [*replica(0)[:3], stuck]
+    assert not run(pods, unschedulable_after=120).delete  # 100 s: still waiting
+    decision = run(pods, unschedulable_after=60)
+    assert len(decision.delete) == 4 and decision.state.restarts == 1
+    assert "could not be scheduled" in decision.events[0].message
+
+
+def test_observed_pod_reads_placement_and_unschedulable_time():
+    body = {
+        "metadata": {
+            "name": "d-0-0",
+            "labels": {"paraserve.dev/replica": "0", "paraserve.dev/rank": "0"},
+            "annotations": {"paraserve.dev/node": "gpu-1"},
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "lastTransitionTime": "1970-01-01T00:01:40Z",
+                }
+            ],
+        },
+    }
+    observed = ObservedPod.from_pod(body)
+    assert observed is not None
+    assert observed.planned_node == "gpu-1" and observed.unschedulable_since == 100.0
