@@ -210,8 +210,9 @@ if [[ "${mode}" == local ]]; then
     echo $! >"${state}/rankrunner.pid"
 fi
 show kubectl apply -n "${NS}" -f "${TINY}"
+# Latencies come with the first scrape; throughput needs a second one (a rate over a window).
 measured() {
-    [[ -n "$(kubectl get infd "${tiny_name}" -n "${NS}" -o jsonpath='{.status.measured.decodeP99PerTokenSeconds}')" ]]
+    [[ -n "$(kubectl get infd "${tiny_name}" -n "${NS}" -o jsonpath='{.status.measured.throughputRps}')" ]]
 }
 if wait_for 420 "status.measured of ${tiny_name}" measured; then
     show kubectl get infd "${tiny_name}" -n "${NS}" -o jsonpath='{.status.measured}'
