@@ -25,7 +25,9 @@ from e2e.cluster.kubeconfig import write_kubeconfig
 from e2e.cluster.pki import Pki, make_pki
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
-POD_CIDR = "10.244.0.1/16"
+# Pod IPs on loopback: the operator scrapes ready ranks at their pod IP, and on this machine
+# that traffic must never leave it (a kwok pod with no process behind it is simply refused).
+POD_CIDR = "127.16.0.1/16"
 # kwok manages only the nodes we mark as fake: a test can never fake a node by accident.
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 

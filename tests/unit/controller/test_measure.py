@@ -189,13 +189,13 @@ def test_target_address_annotation_overrides_the_pod_ip() -> None:
         },
         "status": {
             "phase": "Running",
-            "podIP": "10.0.0.7",
+            "podIP": "127.0.0.7",
             "conditions": [{"type": "Ready", "status": "True"}],
         },
     }
     target = Target.from_pod(pod)
     assert target is not None and target.ready
-    assert target.url(9400, "/metrics") == "http://10.0.0.7:9400/metrics"
+    assert target.url(9400, "/metrics") == "http://127.0.0.7:9400/metrics"
     pod["metadata"]["annotations"] = {METRICS_ADDRESS_ANNOTATION: "127.0.0.1:9555"}
     assert Target.from_pod(pod).url(9400, "/metrics") == "http://127.0.0.1:9555/metrics"  # type: ignore[union-attr]
     pod["status"]["conditions"] = []
@@ -250,7 +250,7 @@ async def _measure_once(text: str, spec: dict[str, Any]) -> list[dict[str, Any]]
     targets = [
         Target("d-0-0", "u0", 0, 0, True, None, f"127.0.0.1:{port}"),
         Target("d-0-1", "u1", 0, 1, True, None, f"127.0.0.1:{_closed_port()}"),
-        Target("d-0-2", "u2", 0, 2, True, "10.0.0.9", None),  # rank ≥ world size: ignored
+        Target("d-0-2", "u2", 0, 2, True, "127.0.0.9", None),  # rank ≥ world size: ignored
     ]
     body = _deployment({"prefillP99": "1s"})
     body["spec"].update(spec)
@@ -307,7 +307,7 @@ def test_nothing_is_scraped_or_written_without_ready_ranks_of_a_planned_deployme
         body["status"]["phase"] = phase
         cluster = RecordingCluster()
         measurer = Measurer(cluster, MeasureSettings(timeout=0.5))  # type: ignore[arg-type]
-        target = Target("d-0-0", "u0", 0, 0, ready, "10.255.255.1", None)
+        target = Target("d-0-0", "u0", 0, 0, ready, "127.255.255.1", None)
         measurer.bind(
             {
                 "deployments": {("ns", "d"): [body]},
