@@ -35,8 +35,10 @@ cluster-binaries: $(BIN)/.installed
 integration: cluster-binaries
 	$(BIN)/pytest tests/integration -q
 
+# The CRD is generated from the models; the chart carries a copy (unit tests fail on drift).
 crd: $(BIN)/.installed
 	$(BIN)/paraserve crd > crds/inferencedeployments.paraserve.dev.yaml
+	cp crds/inferencedeployments.paraserve.dev.yaml charts/paraserve/crds/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
@@ -55,9 +57,7 @@ lint-shell: $(BIN)/.installed
 lint-dockerfiles: $(BIN)/.installed
 	$(BIN)/hadolint operator/Dockerfile images/worker.Dockerfile
 
-# The chart carries a copy of the generated CRD (a unit test fails when they differ).
 chart-crd: crd
-	cp crds/inferencedeployments.paraserve.dev.yaml charts/paraserve/crds/
 
 # The end-to-end suite on the local control plane (e2e/tests; KUBECONFIG=… for another cluster).
 e2e: cluster-binaries
