@@ -45,10 +45,9 @@ def test_tiny_model_is_measured_on_its_ranks(
                 raise AssertionError(runner.exited[0].log_path.read_text()[-3000:])
             state = kube.get("infd", name, namespace=namespace).get("status") or {}
             numbers = state.get("measured") or {}
-            if (
-                all(numbers.get(k) is not None for k in MEASURED)
-                and numbers.get("ranksScraped") == 4
-            ):
+            # A first window may close before rank 0 completes a request: wait for one that
+            # saw traffic rather than judging the one that did not.
+            if all(numbers.get(k) for k in MEASURED) and numbers.get("ranksScraped") == 4:
                 return dict(state)
             return None
 
