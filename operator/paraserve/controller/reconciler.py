@@ -54,6 +54,9 @@ INVALID_SPEC: Final = "InvalidSpec"
 INVALID_NAME: Final = "InvalidName"
 # After a write conflict the watch has a newer object on its way; look again shortly.
 CONFLICT_RETRY: Final = 1.0
+# How long a placement holds its GPUs while the watch has not shown the pod (it normally does
+# within milliseconds; a pod never created releases them after this).
+RESERVATION_SECONDS: Final = 30.0
 # Status writes that only count ranks (no phase, generation or condition change) are spaced.
 PROGRESS_WRITE_INTERVAL: Final = 1.0
 
@@ -118,6 +121,8 @@ class Reconciler:
         # Fingerprints of the Service and ConfigMap last applied, so they are written on change.
         self._applied: dict[Key, str] = {}
         self._last_write: dict[Key, float] = {}
+        # (namespace, pod) → (expiry, node): placed ranks not yet seen by the watch.
+        self._reserved: dict[tuple[str, str], tuple[float, str]] = {}
 
     async def reconcile(self, key: Key) -> float | None:
         """Bring one deployment one step closer to its spec; the delay to look again, if any."""
@@ -149,7 +154,7 @@ class Reconciler:
             if rejection is None and verdict.errors:
                 rejection = verdict.errors[0]
             if rejection is None:
-                decision, placements = self._decide(spec, pool, pods, state)
+                decision, placements = self._decide(key, spec, pool, pods, state)
                 applied = await self._act(
                     key, metadata, spec, verdict, decision, placements, resource_version
                 )
@@ -221,6 +226,7 @@ class Reconciler:
 
     def _decide(
         self,
+        key: Key,
         spec: InferenceDeploymentSpec,
         pool: Pool,
         pods: list[ObservedPod],
@@ -234,6 +240,7 @@ class Reconciler:
             everyone = self.views.all_gpu_pods()
             full = Pool.from_objects(self.views.all_nodes(), everyone, spec)
             free = placement.free_by_node(full, everyone, spec.gpu.resource_name)
+            self._subtract_reserved(free, everyone)
         placements: dict[int, dict[int, str]] = {}
 
         def fits(replicas: int, replica: int) -> bool:
@@ -272,7 +279,37 @@ class Reconciler:
                 missing = sorted({rank // tensor for rank in only} - set(known))
                 extra = placement.place_groups(missing, tensor, free) or {}
                 placements[replica] = {**known, **extra}
+            self._reserve(key, decision, placements, spec)
         return decision, placements
+
+    def _subtract_reserved(self, free: dict[str, int], pods: list[dict[str, Any]]) -> None:
+        """Ranks placed by a reconcile whose pods the watch has not shown yet still hold GPUs:
+        without this, two deployments reconciled at once could be placed on the same GPUs."""
+        seen = {(p["metadata"].get("namespace"), p["metadata"].get("name")) for p in pods}
+        now = time.monotonic()
+        for pod, (expires, node) in list(self._reserved.items()):
+            if pod in seen or expires < now:
+                del self._reserved[pod]
+            elif node in free:
+                free[node] = max(0, free[node] - 1)
+
+    def _reserve(
+        self,
+        key: Key,
+        decision: Decision,
+        placements: Mapping[int, Mapping[int, str]],
+        spec: InferenceDeploymentSpec,
+    ) -> None:
+        namespace, name = key
+        expires = time.monotonic() + RESERVATION_SECONDS
+        tensor = spec.parallelism.tensor
+        for replica, only in decision.create:
+            nodes = placements.get(replica) or {}
+            for rank in only if only is not None else range(spec.parallelism.world_size):
+                node = nodes.get(rank // tensor)
+                if node is not None:
+                    pod = render.pod_name(name, replica, rank)
+                    self._reserved[(namespace, pod)] = (expires, node)
 
     async def _act(
         self,
