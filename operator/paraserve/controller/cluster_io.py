@@ -95,6 +95,11 @@ class Cluster:
         self._observe = observe or (lambda verb, resource, status: None)
         self._timeout = timeout
 
+    @property
+    def configuration(self) -> Any:
+        """The client configuration: where the API server is and how we authenticate."""
+        return self._api.configuration
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 

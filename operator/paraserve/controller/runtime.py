@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +65,41 @@ def operator_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     return settings
 
 
+def kopf_login(configuration: Any) -> Callable[..., kopf.ConnectionInfo]:
+    """kopf's login from our own client's credentials, so `--kubeconfig` governs kopf too.
+
+    kopf's `login_via_client` reads only in-cluster credentials or $KUBECONFIG.
+    """
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # The hook-refreshed header also covers rotated in-cluster service-account tokens.
+        header = configuration.get_api_key_with_prefix(
+            "BearerToken"
+        ) or configuration.get_api_key_with_prefix("authorization")
+        parts = header.split(" ", 1) if header else []
+        scheme, token = (
+            (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+        )
+        return kopf.ConnectionInfo(
+            server=configuration.host,
+            ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl,
+            username=configuration.username or None,
+            password=configuration.password or None,
+            scheme=scheme,
+            token=token,
+            certificate_path=configuration.cert_file,
+            private_key_path=configuration.key_file,
+        )
+
+    return login
+
+
 def build_registry(manager: Manager) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.login(registry=registry, id="client-credentials")(
+        kopf_login(manager.reconciler.cluster.configuration)
+    )
     handlers.register(registry, manager)
     measurer.register(
         registry,
