@@ -142,12 +142,12 @@ class Reconciler:
         pods = [p for p in self.views.ranks_of(key) if p.owner_uid in ("", uid)]
         state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
 
-        spec, rejection = self._parse(name, body.get("spec") or {})
+        spec, rejection = self.parse_spec(name, body.get("spec") or {})
         verdict: Plan | None = None
         decision: Decision | None = None
         gpus_free: int | None = None
         if spec is not None:
-            pool = self._pool_for(key, spec)
+            pool = self.pool_for(key, spec)
             verdict = plan(spec, pool)
             own_used = sum(1 for p in pods if p.node and not p.broken)
             gpus_free = max(0, verdict.gpus_free - own_used)
@@ -200,7 +200,7 @@ class Reconciler:
 
     # -- steps -----------------------------------------------------------------------------
 
-    def _parse(
+    def parse_spec(
         self, name: str, raw_spec: Mapping[str, Any]
     ) -> tuple[InferenceDeploymentSpec | None, Finding | None]:
         try:
@@ -211,7 +211,7 @@ class Reconciler:
         problem = render.name_problem(name, spec)
         return spec, Finding(code=INVALID_NAME, message=problem) if problem else None
 
-    def _pool_for(self, key: Key, spec: InferenceDeploymentSpec) -> Pool:
+    def pool_for(self, key: Key, spec: InferenceDeploymentSpec) -> Pool:
         """The pool as this deployment sees it: its own ranks' GPUs count as free."""
         namespace, name = key
         others = [

@@ -56,10 +56,10 @@ def review(
 ) -> Review:
     """Exactly the reconcile's verdict on a spec: parse, build the pool, plan."""
     # The reconciler's own steps, so the webhook can never disagree with the reconcile.
-    spec, rejection = reconciler._parse(key[1], raw_spec)
+    spec, rejection = reconciler.parse_spec(key[1], raw_spec)
     if spec is None:
         return Review(refusal=rejection)
-    verdict = plan(spec, reconciler._pool_for(key, spec))
+    verdict = plan(spec, reconciler.pool_for(key, spec))
     refusal = rejection or (verdict.errors[0] if verdict.errors else None)
     if refusal is not None and refusal.code not in STATIC_CODES and not pool_known:
         note = f"{refusal.code} not checked yet: the operator is still loading the node pool"

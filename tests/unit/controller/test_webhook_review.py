@@ -228,7 +228,7 @@ def test_the_handler_fails_open_on_its_own_errors(monkeypatch: pytest.MonkeyPatc
     def boom(*_: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(broken, "_pool_for", boom)
+    monkeypatch.setattr(broken, "pool_for", boom)
     register(registry, broken, PoolWatch(known=True))
     good = body_of("pp4", raw_spec())
     asyncio.run(handler_of(registry).fn(body=good, old=None, new=good, warnings=[]))
