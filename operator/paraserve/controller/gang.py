@@ -76,11 +76,10 @@ class ObservedPod:
         metadata = pod.get("metadata") or {}
         labels = metadata.get("labels") or {}
         status = pod.get("status") or {}
-        try:
-            replica = int(labels[render.LABEL_REPLICA])
-            rank = int(labels[render.LABEL_RANK])
-        except (KeyError, TypeError, ValueError):
+        coordinates = render.replica_and_rank(labels)
+        if coordinates is None:
             return None
+        replica, rank = coordinates
         conditions = status.get("conditions") or []
         owners = [o for o in metadata.get("ownerReferences") or [] if o.get("controller")]
         unschedulable = next(

@@ -152,6 +152,14 @@ def rank_env(
     return env + [dict(variable) for variable in spec.worker.env]
 
 
+def replica_and_rank(labels: Mapping[str, str]) -> tuple[int, int] | None:
+    """(replica, rank) read back from a rank pod's labels; None when it carries none."""
+    try:
+        return int(labels[LABEL_REPLICA]), int(labels[LABEL_RANK])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def rank_labels(deployment: str, replica: int, rank: Rank, hash_: str) -> dict[str, str]:
     return {
         LABEL_DEPLOYMENT: deployment,

@@ -50,11 +50,10 @@ class Target:
         metadata = pod.get("metadata") or {}
         labels = metadata.get("labels") or {}
         status = pod.get("status") or {}
-        try:
-            replica = int(labels[render.LABEL_REPLICA])
-            rank = int(labels[render.LABEL_RANK])
-        except (KeyError, TypeError, ValueError):
+        coordinates = render.replica_and_rank(labels)
+        if coordinates is None:
             return None
+        replica, rank = coordinates
         conditions = status.get("conditions") or []
         ready = (
             status.get("phase") == "Running"
