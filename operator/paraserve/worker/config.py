@@ -47,6 +47,8 @@ def resolve(
     env = parse_rank_env(environ)
     if args.metrics_port is not None:
         env = dataclasses.replace(env, metrics_port=args.metrics_port)
+    if not 0 <= env.metrics_port <= 65535:
+        raise ValueError(f"metrics port {env.metrics_port}: a port is 0–65535 (0: any free one)")
     topology_path = args.topology or (None if args.architecture or args.tiny else env.topology_path)
     dtype_name: str = args.dtype or "float32"
     kv_dtype_name: str | None = args.kv_cache_dtype

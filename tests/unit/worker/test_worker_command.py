@@ -48,6 +48,7 @@ def test_flags_choose_dtype_and_sizes() -> None:
         (["--tiny", "--dtype", "int4"], "the reference worker runs float32, bfloat16 or float16"),
         (["--tiny", "--prompt-length", "120", "--output-tokens", "9"], "exceeds maxSequenceLength"),
         ([], "no model: give --topology FILE"),
+        (["--tiny", "--metrics-port", "99999"], "metrics port 99999: a port is 0–65535"),
     ],
 )
 def test_bad_configuration_is_one_line(argv: list[str], message: str) -> None:
