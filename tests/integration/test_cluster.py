@@ -191,8 +191,7 @@ def test_deployment_pods_run_on_gpu_nodes_and_go_with_it(
 
 
 def test_project_crd_installs_and_explains(cluster: LocalCluster) -> None:
-    if not CRD.is_file():
-        pytest.skip(f"{CRD.relative_to(REPO)} does not exist yet")
+    assert CRD.is_file(), f"{CRD.relative_to(REPO)} is missing: run `make crd`"
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
     cluster.kubectl(
         "wait",
