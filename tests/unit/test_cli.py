@@ -187,3 +187,29 @@ def test_nodes_as_kubectl_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     nodes.write_text('{"kind": "List", "items": [}')
     assert main(["plan", "-f", str(GOOD), "--nodes", str(nodes)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (["--metrics-port", "-5"], {}, "--metrics-port -5: a port is 0–65535"),
+        (["--health-port", "70000"], {}, "--health-port 70000: a port is 0–65535"),
+        (["--resync", "-1"], {}, "--resync -1: seconds must be > 0"),
+        (["--unschedulable-timeout", "0"], {}, "--unschedulable-timeout 0: seconds must be > 0"),
+        ([], {"PARASERVE_MEASURE_INTERVAL": "abc"}, "PARASERVE_MEASURE_INTERVAL='abc' is not"),
+        ([], {"PARASERVE_MEASURE_CONCURRENCY": "0"}, "PARASERVE_MEASURE_CONCURRENCY='0': must be"),
+    ],
+)
+def test_operator_bad_settings_exit_2_before_connecting(
+    argv: list[str],
+    environ: dict[str, str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    # A kubeconfig that cannot be read: reaching it would exit 1 with another message.
+    assert main(["operator", "--kubeconfig", "/nonexistent", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -87,6 +87,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def run_from_args(args: argparse.Namespace) -> int:
     # Imported here so that `paraserve plan` does not pay for kopf and the kubernetes client.
     from paraserve.controller.leader import LeaseTimings
+    from paraserve.controller.measurer import MeasureSettings
     from paraserve.controller.runtime import OperatorOptions, controller_settings, run
 
     if args.workers < 1 or args.renew_deadline >= args.lease_duration:
@@ -96,7 +97,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        _check_ranges(args)
         webhook = webhook_options.from_args(args)
+        MeasureSettings.from_environ()  # read again when the loop starts; refuse bad ones now
     except ValueError as error:
         print(f"paraserve operator: {error}", file=sys.stderr)
         return 2
@@ -131,8 +134,26 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         return run(options)
     except Exception as error:  # a bad kubeconfig, an unreachable server: one line, no traceback
-        print(f"paraserve operator: {error}", file=sys.stderr)
+        print(f"paraserve operator: {' '.join(str(error).split())}", file=sys.stderr)
         return 1
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    """ValueError with one line for a port or a duration out of its range."""
+    for flag, port in (("--metrics-port", args.metrics_port), ("--health-port", args.health_port)):
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{flag} {port}: a port is 0–65535 (0 disables it)")
+    for flag, seconds in (
+        ("--lease-duration", args.lease_duration),
+        ("--renew-deadline", args.renew_deadline),
+        ("--retry-period", args.retry_period),
+        ("--resync", args.resync),
+        ("--restart-backoff", args.restart_backoff),
+        ("--restart-backoff-max", args.restart_backoff_max),
+        ("--unschedulable-timeout", args.unschedulable_timeout),
+    ):
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"{flag} {seconds:g}: seconds must be > 0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,20 +53,33 @@ class MeasureSettings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> MeasureSettings:
-        """PARASERVE_MEASURE_INTERVAL, _WINDOW, _TIMEOUT, _CONCURRENCY, _TOLERANCE, _REFRESH."""
+        """PARASERVE_MEASURE_INTERVAL, _WINDOW, _TIMEOUT, _CONCURRENCY, _TOLERANCE, _REFRESH.
+
+        ValueError naming the variable when one is not a number in its range.
+        """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for name, kind in (
-            ("interval", float),
-            ("window", float),
-            ("timeout", float),
-            ("concurrency", int),
-            ("tolerance", float),
-            ("refresh", float),
+        # (name, type, least value, whether the least value itself is allowed)
+        for name, kind, least, inclusive in (
+            ("interval", float, 0, True),  # 0 disables the loop
+            ("window", float, 0, False),
+            ("timeout", float, 0, False),
+            ("concurrency", int, 1, True),
+            ("tolerance", float, 0, True),
+            ("refresh", float, 0, False),
         ):
-            raw = environ.get(f"PARASERVE_MEASURE_{name.upper()}")
-            if raw:
-                values[name] = kind(raw)
+            variable = f"PARASERVE_MEASURE_{name.upper()}"
+            raw = environ.get(variable)
+            if not raw:
+                continue
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{variable}={raw!r} is not a number") from None
+            if not (value >= least if inclusive else value > least) or value == float("inf"):
+                bound = "≥" if inclusive else ">"
+                raise ValueError(f"{variable}={raw!r}: must be {bound} {least} and finite")
+            values[name] = value
         return cls(**values)
 
 
