@@ -15,7 +15,8 @@ from types import FrameType
 
 from e2e.cluster import build, gomod, processes
 from e2e.cluster.build import cache_root
-from e2e.cluster.controlplane import ControlPlane
+from e2e.cluster.components import COMPONENTS
+from e2e.cluster.controlplane import ClusterStartError, ControlPlane
 
 
 def _up_dir() -> Path:
@@ -171,10 +172,28 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show running clusters").set_defaults(func=cmd_status)
     sub.add_parser("serve", help="run a cluster in the foreground").set_defaults(func=cmd_serve)
     gen = sub.add_parser("gomod", help="regenerate go/*/go.mod and go.sum from upstream")
-    gen.add_argument("components", nargs="*")
+    gen.add_argument("components", nargs="*", choices=[c.name for c in COMPONENTS])
     gen.set_defaults(func=cmd_gomod)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    prog = f"{parser.prog} {args.command}"
+    try:
+        result: int = args.func(args)
+    except FileNotFoundError as error:
+        if error.filename != "go":
+            raise
+        print(
+            f"{prog}: `go` is not on the PATH (the binaries are built from Go modules)",
+            file=sys.stderr,
+        )
+        return 1
+    except subprocess.CalledProcessError as error:
+        # The command's own output is above; the traceback would only repeat it.
+        command = " ".join(str(part) for part in error.cmd)
+        print(f"{prog}: `{command}` exited {error.returncode}", file=sys.stderr)
+        return 1
+    except ClusterStartError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -187,6 +187,8 @@ def _build_lock() -> Iterator[None]:
 def build_all() -> None:
     """Build (or reuse) every component, one after another."""
     started = time.monotonic()
+    if missing() and shutil.which("go") is None:
+        sys.exit("`go` is not on the PATH: the cluster binaries are built from Go modules")
     with _build_lock():
         for component in COMPONENTS:
             if _to_build(component) or (component is KWOK and not _stages_present()):
