@@ -60,6 +60,8 @@ def run_plan(args: argparse.Namespace) -> int:
     from paraserve.planner import Pool, plan, suggest
     from paraserve.planner.report import render, render_suggestions
 
+    if args.filename == "-" and args.nodes == "-":
+        raise BadInput("-f and --nodes cannot both be '-' (stdin holds one of them)")
     try:
         deployment = load_deployment(_read(args.filename), args.filename)
         nodes, pods = load_nodes_and_pods(_read(args.nodes), args.nodes)
@@ -147,9 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
     try:
+        if path == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
         return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)

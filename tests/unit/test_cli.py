@@ -147,9 +147,31 @@ def test_stdin_is_accepted(
 ) -> None:
     import io
 
-    monkeypatch.setattr(sys, "stdin", io.StringIO(GOOD.read_text()))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(GOOD.read_bytes())))
     assert main(["plan", "-f", "-", "--nodes", str(NODES), "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["feasible"] is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["-f", "-", "--nodes", str(NODES)], "cannot read -: 'utf-8' codec can't decode"),
+        (["-f", str(GOOD), "--nodes", "-"], "cannot read -: 'utf-8' codec can't decode"),
+        (["-f", "-", "--nodes", "-"], "-f and --nodes cannot both be '-'"),
+    ],
+)
+def test_bad_stdin_exits_2_with_one_line(
+    argv: list[str],
+    fragment: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe kind: Node")))
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and fragment in err, err
 
 
 def test_exact_example_plans(capsys: pytest.CaptureFixture[str]) -> None:
