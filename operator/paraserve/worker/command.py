@@ -61,7 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--metrics-addr", default="0.0.0.0")
     run.add_argument("--timeout", type=float, default=1800, help="collective timeout, seconds")
     run.add_argument("--dump", type=Path, metavar="FILE", help="save the first batch's logits")
-    run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        default="INFO",
+    )
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

@@ -49,6 +49,12 @@ def resolve(
         env = dataclasses.replace(env, metrics_port=args.metrics_port)
     if not 0 <= env.metrics_port <= 65535:
         raise ValueError(f"metrics port {env.metrics_port}: a port is 0–65535 (0: any free one)")
+    if not 0 < args.timeout < float("inf"):
+        raise ValueError(f"--timeout {args.timeout:g}: seconds must be > 0")
+    if args.dump is not None and not args.dump.parent.is_dir():
+        raise ValueError(f"--dump {args.dump}: {args.dump.parent} is not a directory")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but this process sees no CUDA device")
     topology_path = args.topology or (None if args.architecture or args.tiny else env.topology_path)
     dtype_name: str = args.dtype or "float32"
     kv_dtype_name: str | None = args.kv_cache_dtype

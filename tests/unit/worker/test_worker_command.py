@@ -49,6 +49,8 @@ def test_flags_choose_dtype_and_sizes() -> None:
         (["--tiny", "--prompt-length", "120", "--output-tokens", "9"], "exceeds maxSequenceLength"),
         ([], "no model: give --topology FILE"),
         (["--tiny", "--metrics-port", "99999"], "metrics port 99999: a port is 0–65535"),
+        (["--tiny", "--timeout", "-1"], "--timeout -1: seconds must be > 0"),
+        (["--tiny", "--dump", "/nonexistent/dir/x.pt"], "/nonexistent/dir is not a directory"),
     ],
 )
 def test_bad_configuration_is_one_line(argv: list[str], message: str) -> None:
@@ -62,3 +64,15 @@ def test_a_model_that_cannot_be_split_is_refused() -> None:
     environ = rank_environ(0, pipeline=1, tensor=8, sequence=1, num_layers=4)
     with pytest.raises(ValueError, match="numAttentionHeads=4 is not divisible by tensor=8"):
         resolve(parse("--tiny"), environ, _architecture_document)
+
+
+def test_cuda_without_a_cuda_device_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda, but this process sees no CUDA device"):
+        resolve(parse("--tiny", "--device", "cuda"), {}, _architecture_document)
+
+
+def test_log_level_is_a_choice() -> None:
+    assert parse("--tiny", "--log-level", "warning").log_level == "WARNING"
+    with pytest.raises(SystemExit):
+        parse("--tiny", "--log-level", "bogus")
