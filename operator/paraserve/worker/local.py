@@ -148,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("worker_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     worker_args = args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args
-    architecture = json.loads(Path(args.architecture).read_text()) if args.architecture else None
+    if min(args.pipeline, args.tensor, args.sequence) < 1:
+        parser.error("--pipeline, --tensor and --sequence must be ≥ 1")
+    architecture = None
+    if args.architecture:
+        try:
+            architecture = json.loads(Path(args.architecture).read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"--architecture {args.architecture}: {error}")
     codes = run_replica(
         worker_args,
         pipeline=args.pipeline,
