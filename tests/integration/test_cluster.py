@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -9,12 +10,14 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from e2e import gpunodes
 from e2e.cluster import processes
 from e2e.cluster.components import HELM_VERSION, KUBERNETES_VERSION
 from e2e.cluster.gpupool import parse_pool, render_nodes
@@ -182,12 +185,38 @@ def test_deployment_pods_run_on_gpu_nodes_and_go_with_it(
         pods = cluster.get("pods", namespace=namespace)["items"]
         assert len(pods) == 3
         assert all(p["spec"]["nodeName"] in pool.nodes for p in pods)
+        # kwok's --cidr: the operator scrapes pod IPs, which must never leave this machine.
+        ips = [p["status"].get("podIP") for p in pods]
+        assert all(ip and ipaddress.ip_address(ip).is_loopback for ip in ips), ips
         cluster.kubectl("-n", namespace, "delete", "deployment", "ranks")
         cluster.wait_for(
             lambda: not cluster.get("pods", namespace=namespace)["items"],
             timeout=90,
             what="pods of the deleted deployment to go",
         )
+
+
+def test_pods_on_gpunodes_get_their_nodes_loopback_cidr(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    name = f"loop-{uuid.uuid4().hex[:6]}"
+    nodes = gpunodes.pool_nodes(name, "1 x 2 x A100-80GB")
+    selector = {"paraserve.dev/pool": name}
+    cluster.apply(*nodes)
+    try:
+        cluster.kubectl("wait", "node", "-l", f"paraserve.dev/pool={name}",
+                        "--for=condition=Ready", "--timeout=60s")  # fmt: skip
+        cluster.apply(gpu_pod("rank", 1, selector), namespace=namespace)
+        pod = cluster.wait_for(
+            lambda: cluster.get("pod", "rank", namespace).get("status", {}).get("podIP"),
+            timeout=60,
+            what="the pod's IP",
+        )
+        network = ipaddress.ip_network(nodes[0]["spec"]["podCIDR"])
+        assert network.subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+        assert ipaddress.ip_address(pod) in network, (pod, network)
+    finally:
+        cluster.kubectl("delete", "node", "-l", f"paraserve.dev/pool={name}", "--ignore-not-found")
 
 
 def test_project_crd_installs_and_explains(cluster: LocalCluster) -> None:
