@@ -224,14 +224,17 @@ def test_the_handler_passes_warnings_to_kubectl() -> None:
 def test_the_handler_fails_open_on_its_own_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = kopf.OperatorRegistry()
     broken = reconciler([node()])
+    calls: list[object] = []
 
-    def boom(*_: Any) -> None:
+    def boom(*args: Any) -> None:
+        calls.append(args)
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(broken, "pool_for", boom)
     register(registry, broken, PoolWatch(known=True))
     good = body_of("pp4", raw_spec())
     asyncio.run(handler_of(registry).fn(body=good, old=None, new=good, warnings=[]))
+    assert calls, "the check never ran, so nothing failed open"
 
 
 def test_the_pool_becomes_known_on_the_first_node_event() -> None:
