@@ -101,8 +101,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.timeout
         while (state := _up_state()) is None:
             if serve.poll() is not None or time.monotonic() > deadline:
+                reason = "failed to start"
+                if serve.poll() is None:  # too slow: stop it rather than leave it starting
+                    reason = f"did not start within {args.timeout:g}s"
+                    serve.terminate()  # it stops its components in order on SIGTERM
+                    try:
+                        serve.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        serve.kill()
                 print(log.read_text()[-4000:], file=sys.stderr)
-                print("cluster failed to start", file=sys.stderr)
+                print(f"cluster {reason} (log: {log})", file=sys.stderr)
                 return 1
             time.sleep(0.3)
         print(f"cluster up in {state['start_seconds']}s: {state['server']}", file=sys.stderr)
@@ -161,12 +169,22 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: seconds must be > 0")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build or reuse every binary").set_defaults(func=cmd_build)
     up = sub.add_parser("up", help="start a cluster in the background; prints KUBECONFIG")
-    up.add_argument("--timeout", type=float, default=300)
+    up.add_argument("--timeout", type=_positive_seconds, default=300)
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the cluster `up` started").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show running clusters").set_defaults(func=cmd_status)

@@ -36,3 +36,11 @@ def test_a_failed_go_command_is_one_line(
     assert (
         last.startswith("python -m e2e.cluster build: `nice -n 10 go build") and "exited 3" in last
     )
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "abc"])
+def test_up_needs_a_positive_timeout(timeout: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["up", "--timeout", timeout])
+    assert exited.value.code == 2
+    assert "argument --timeout" in capsys.readouterr().err
