@@ -280,7 +280,7 @@ def local_operator(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `paraserve operator` in the background for the `with` block; stop it after."""
     command = operator_command(kubeconfig, lease_namespace=lease_namespace, extra=extra)
-    # kopf logs in from $KUBECONFIG (its login handler does not see --kubeconfig).
+    # $KUBECONFIG too (kopf logs in from --kubeconfig): nothing falls back to ~/.kube/config.
     run_env = {**(env or os.environ), "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         process = subprocess.Popen(
