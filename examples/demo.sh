@@ -211,8 +211,11 @@ if [[ "${mode}" == local ]]; then
 fi
 show kubectl apply -n "${NS}" -f "${TINY}"
 # Latencies come with the first scrape; throughput needs a second one (a rate over a window).
+# The first window may close before rank 0 completes a request: wait for one that saw traffic.
 measured() {
-    [[ -n "$(kubectl get infd "${tiny_name}" -n "${NS}" -o jsonpath='{.status.measured.throughputRps}')" ]]
+    local rps
+    rps="$(kubectl get infd "${tiny_name}" -n "${NS}" -o jsonpath='{.status.measured.throughputRps}')"
+    [[ -n "${rps}" && "${rps}" != 0 ]]
 }
 if wait_for 420 "status.measured of ${tiny_name}" measured; then
     show kubectl get infd "${tiny_name}" -n "${NS}" -o jsonpath='{.status.measured}'

@@ -127,7 +127,9 @@ class InferenceDeploymentStatus(WireModel):
 
 def memory_column(used_bytes: int, gpu_bytes: int | None, *, estimated: bool) -> str:
     """Text of the MEM printer column: ``34.25 GB/80 GB (42.8%)``, ``~`` when estimated."""
-    text = format_bytes(used_bytes)
+    # A tiny model's few hundred KB would read "0 GB": pick the unit that shows the figure.
+    unit = next((u for u, scale in (("GB", 1e9), ("MB", 1e6)) if used_bytes >= scale), "KB")
+    text = format_bytes(used_bytes, unit)
     if gpu_bytes:
         text += f"/{format_bytes(gpu_bytes)} ({used_bytes / gpu_bytes * 100:.1f}%)"
     return f"~{text}" if estimated else text
