@@ -6,7 +6,8 @@ bound to a node, starts `paraserve worker` as a local process with THAT pod's ow
 overrides so the ranks can meet on one machine:
 
 * ``MASTER_ADDR=127.0.0.1`` and one free ``MASTER_PORT`` per replica (the pod's DNS name
-  resolves nowhere outside a cluster);
+  resolves nowhere outside a cluster), and ``GLOO_SOCKET_IFNAME=lo`` so gloo's connections
+  between ranks stay on loopback too;
 * one free ``PARASERVE_METRICS_PORT`` per rank (all ranks share one network namespace);
 * ``PARASERVE_TOPOLOGY`` = the local copy of the ConfigMap's ``topology.json``;
 * ``OMP_NUM_THREADS=1`` (the ranks share this machine's cores).
@@ -215,6 +216,8 @@ class RankRunner:
             {
                 "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": str(master_port),
+                # gloo's pairs on loopback too, not on the address the hostname resolves to.
+                "GLOO_SOCKET_IFNAME": "lo",
                 "PARASERVE_METRICS_PORT": str(metrics_port),
                 "PARASERVE_TOPOLOGY": str(self._topology_file(pod_dir)),
                 "OMP_NUM_THREADS": "1",

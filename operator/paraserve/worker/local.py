@@ -97,6 +97,9 @@ class LocalReplica:
                 topology_path=str(self.topology_path),
             )
             environ["PARASERVE_METRICS_PORT"] = str(ports[rank])
+            # Every rank is on this machine: gloo's pairs on loopback, not on the address the
+            # hostname resolves to (which may be a routable one).
+            environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
             process = context.Process(target=_rank_main, args=(environ, list(worker_args)))
             process.start()
             self.processes.append(process)
