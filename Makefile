@@ -26,7 +26,8 @@ lint: $(BIN)/.installed lint-charts lint-shell lint-dockerfiles
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-unit: $(BIN)/.installed
+# The chart and manifest tests render with the cluster build's helm and kubectl.
+unit: cluster-binaries
 	$(BIN)/pytest tests/unit -q
 
 cluster-binaries: $(BIN)/.installed
