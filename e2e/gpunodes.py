@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print(main.__doc__, file=sys.stderr)
         return 2
-    print(yaml.safe_dump_all(pool_nodes(args[0], args[1])), end="")
+    try:
+        nodes = pool_nodes(args[0], args[1])
+    except ValueError as error:
+        print(f"python -m e2e.gpunodes: {error}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump_all(nodes), end="")
     return 0
 
 

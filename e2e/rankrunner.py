@@ -266,8 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     workdir = Path(args[3]) if len(args) == 4 else Path.cwd() / "rankrunner"
-    with contextlib.suppress(KeyboardInterrupt), RankRunner(args[0], args[1], args[2], workdir):
-        threading.Event().wait()
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt), RankRunner(args[0], args[1], args[2], workdir):
+            threading.Event().wait()
+    except ConfigException as error:
+        print(f"python -m e2e.rankrunner: {args[0]}: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
