@@ -128,6 +128,7 @@ else
     # The local API server calls the webhook at https://127.0.0.1:PORT (URL mode).
     KUBECONFIG="${state}/operator.kubeconfig" \
         PARASERVE_MEASURE_INTERVAL=2 PARASERVE_MEASURE_WINDOW=10 PYTHONUNBUFFERED=1 \
+        PARASERVE_MEASURE_ADDRESS_ANNOTATION=true \
         setsid paraserve operator --kubeconfig "${state}/operator.kubeconfig" \
         --leader-election-namespace "${OPERATOR_NS}" --health-port 0 --metrics-port 0 \
         --log-format plain --webhook self-managed --webhook-host 127.0.0.1 \

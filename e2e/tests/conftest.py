@@ -36,6 +36,8 @@ MEASURE_ENV = {
     "PARASERVE_MEASURE_WINDOW": "10",
     "PARASERVE_MEASURE_TIMEOUT": "2",
     "PARASERVE_MEASURE_REFRESH": "30",
+    # On the local control plane the harness's ranks serve where the pod annotation says.
+    "PARASERVE_MEASURE_ADDRESS_ANNOTATION": "true",
 }
 
 

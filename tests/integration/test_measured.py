@@ -43,6 +43,8 @@ MEASURE_ENV = {
     "PARASERVE_MEASURE_WINDOW": "6",
     "PARASERVE_MEASURE_TIMEOUT": "1",
     "PARASERVE_MEASURE_REFRESH": "30",
+    # The harness's ranks serve on 127.0.0.1 ports named by the pod annotation.
+    "PARASERVE_MEASURE_ADDRESS_ANNOTATION": "true",
 }
 
 TINY = {

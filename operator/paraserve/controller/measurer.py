@@ -50,10 +50,12 @@ class MeasureSettings:
     concurrency: int = 16  # requests in flight, over all deployments
     tolerance: float = 0.05  # relative change that is material
     refresh: float = 300.0  # rewrite sampledAt at least this often
+    address_annotation: bool = False  # scrape the pod's metrics-address annotation, if set
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> MeasureSettings:
-        """PARASERVE_MEASURE_INTERVAL, _WINDOW, _TIMEOUT, _CONCURRENCY, _TOLERANCE, _REFRESH.
+        """PARASERVE_MEASURE_INTERVAL, _WINDOW, _TIMEOUT, _CONCURRENCY, _TOLERANCE, _REFRESH,
+        and PARASERVE_MEASURE_ADDRESS_ANNOTATION (true|false).
 
         ValueError naming the variable when one is not a number in its range.
         """
@@ -80,6 +82,11 @@ class MeasureSettings:
                 bound = "≥" if inclusive else ">"
                 raise ValueError(f"{variable}={raw!r}: must be {bound} {least} and finite")
             values[name] = value
+        variable = "PARASERVE_MEASURE_ADDRESS_ANNOTATION"
+        raw = (environ.get(variable) or "false").strip().lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise ValueError(f"{variable}={raw!r}: must be true or false")
+        values["address_annotation"] = raw in ("true", "1")
         return cls(**values)
 
 
@@ -166,7 +173,8 @@ class Measurer:
         if not ready:
             return False  # nothing is serving: the last measurement stays, with its time
         profile = profile_for(spec.metrics.profile)
-        urls = [t.url(spec.metrics.port, spec.metrics.path) for t in ready]
+        honour = self.settings.address_annotation
+        urls = [t.url(spec.metrics.port, spec.metrics.path, honour_address=honour) for t in ready]
         texts = await fetch_all(session, urls, limit=limit, timeout=self.settings.timeout)
         now = self.clock()
         windows = []

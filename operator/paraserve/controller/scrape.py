@@ -35,9 +35,13 @@ class Target:
     pod_ip: str | None
     address: str | None  # the annotation, when set
 
-    def url(self, port: int, path: str) -> str | None:
-        """http://host:port/path; None when the pod has neither an IP nor an address yet."""
-        if self.address:
+    def url(self, port: int, path: str, *, honour_address: bool = False) -> str | None:
+        """http://host:port/path; None when the pod has neither an IP nor an address yet.
+
+        The address annotation is honoured only when the operator was told to: anyone who
+        may patch pods could otherwise point the operator's requests at any host.
+        """
+        if self.address and honour_address:
             return f"http://{self.address}{path}"
         if not self.pod_ip:
             return None

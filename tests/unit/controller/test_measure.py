@@ -197,7 +197,11 @@ def test_target_address_annotation_overrides_the_pod_ip() -> None:
     assert target is not None and target.ready
     assert target.url(9400, "/metrics") == "http://127.0.0.7:9400/metrics"
     pod["metadata"]["annotations"] = {METRICS_ADDRESS_ANNOTATION: "127.0.0.1:9555"}
-    assert Target.from_pod(pod).url(9400, "/metrics") == "http://127.0.0.1:9555/metrics"  # type: ignore[union-attr]
+    annotated = Target.from_pod(pod)
+    assert annotated is not None
+    # Only an operator told to trust the annotation follows it; by default the pod IP stands.
+    assert annotated.url(9400, "/metrics") == "http://127.0.0.7:9400/metrics"
+    assert annotated.url(9400, "/metrics", honour_address=True) == "http://127.0.0.1:9555/metrics"
     pod["status"]["conditions"] = []
     assert not Target.from_pod(pod).ready  # type: ignore[union-attr]
 
@@ -255,7 +259,7 @@ async def _measure_once(text: str, spec: dict[str, Any]) -> list[dict[str, Any]]
     body = _deployment({"prefillP99": "1s"})
     body["spec"].update(spec)
     cluster = RecordingCluster()
-    measurer = Measurer(cluster, MeasureSettings(timeout=2))  # type: ignore[arg-type]
+    measurer = Measurer(cluster, MeasureSettings(timeout=2, address_annotation=True))  # type: ignore[arg-type]
     measurer.bind({"deployments": {("ns", "d"): [body]}, "metrics_targets": {("ns", "d"): targets}})
     try:
         async with aiohttp.ClientSession() as session:
@@ -293,6 +297,9 @@ def test_settings_come_from_the_operator_environment() -> None:
     )
     assert (settings.interval, settings.concurrency, settings.window) == (2.0, 4, 60.0)
     assert MeasureSettings.from_environ({}) == MeasureSettings()
+    assert MeasureSettings.from_environ({"PARASERVE_MEASURE_ADDRESS_ANNOTATION": "true"}) == (
+        MeasureSettings(address_annotation=True)
+    )
 
 
 @pytest.mark.parametrize(
