@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,21 +32,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
-METRICS_ADDRESS_ANNOTATION: Final = "paraserve.dev/metrics-address"
-LABEL_DEPLOYMENT: Final = "paraserve.dev/deployment"
-LABEL_REPLICA: Final = "paraserve.dev/replica"
-LABEL_RANK: Final = "paraserve.dev/rank"
-TOPOLOGY_KEY: Final = "topology.json"
+from e2e.cluster.controlplane import free_ports
+from paraserve.controller.render import LABEL_DEPLOYMENT, LABEL_RANK, LABEL_REPLICA, TOPOLOGY_KEY
+from paraserve.controller.scrape import METRICS_ADDRESS_ANNOTATION
 
 log = logging.getLogger("paraserve.rankrunner")
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port below the ephemeral range, which client connections' source ports churn through."""
+    return free_ports(1)[0]
 
 
 def worker_args(container: Mapping[str, Any]) -> list[str]:
@@ -223,7 +219,11 @@ class RankRunner:
                 "OMP_NUM_THREADS": "1",
             }
         )
-        command = [self.python, "-m", "paraserve.cli", "worker", *worker_args(container)]
+        # Last, so it wins over the pod's args: the harness's ranks listen on loopback only.
+        command = [
+            *(self.python, "-m", "paraserve.cli", "worker"),
+            *(*worker_args(container), "--metrics-addr", "127.0.0.1"),
+        ]
         log_path = pod_dir / "worker.log"
         with log_path.open("ab") as output:
             process = subprocess.Popen(
