@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint typecheck unit integration cluster-binaries crd clean
-.PHONY: lint-charts lint-shell lint-dockerfiles chart-crd e2e e2e-kind demo-down
+.PHONY: lint-charts lint-shell lint-dockerfiles e2e e2e-kind demo-down
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,6 @@ lint-shell: $(BIN)/.installed
 
 lint-dockerfiles: $(BIN)/.installed
 	$(BIN)/hadolint operator/Dockerfile images/worker.Dockerfile
-
-chart-crd: crd
 
 # The end-to-end suite on the local control plane (e2e/tests; KUBECONFIG=… for another cluster).
 e2e: cluster-binaries

@@ -67,9 +67,9 @@ def parse_operator_args(args: list[str]) -> argparse.Namespace:
 
 
 def test_chart_crd_is_the_generated_crd() -> None:
-    # The chart carries a copy (Helm installs only its own crds/); `make chart-crd` syncs it.
+    # The chart carries a copy (Helm installs only its own crds/); `make crd` writes both.
     assert install.CHART_CRD.read_text() == install.CRD.read_text(), (
-        "charts/paraserve/crds/ differs from crds/: run `make chart-crd`"
+        "charts/paraserve/crds/ differs from crds/: run `make crd`"
     )
 
 
