@@ -35,8 +35,13 @@ from types import TracebackType
 from typing import Any
 
 from e2e.cluster.controlplane import free_ports
-from paraserve.controller.render import LABEL_DEPLOYMENT, LABEL_RANK, LABEL_REPLICA, TOPOLOGY_KEY
-from paraserve.controller.scrape import METRICS_ADDRESS_ANNOTATION
+from paraserve.controller.measurement.scrape import METRICS_ADDRESS_ANNOTATION
+from paraserve.controller.reconciling.owned_objects import (
+    LABEL_DEPLOYMENT,
+    LABEL_RANK,
+    LABEL_REPLICA,
+    TOPOLOGY_KEY,
+)
 
 log = logging.getLogger("paraserve.rankrunner")
 

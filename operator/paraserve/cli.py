@@ -101,13 +101,15 @@ def run_crd(args: argparse.Namespace) -> int:
 
 
 def register_worker(subcommands: Subcommands) -> None:
-    from paraserve.worker.command import register  # argparse only; torch loads when it runs
+    from paraserve.worker.worker_flags import register  # argparse only; torch loads when it runs
 
     register(subcommands)
 
 
 def register_operator(subcommands: Subcommands) -> None:
-    from paraserve.controller.command import register  # argparse only; kopf loads when it runs
+    from paraserve.controller.running.operator_flags import (
+        register,  # argparse only; kopf loads when it runs
+    )
 
     register(subcommands)
 

@@ -27,8 +27,8 @@ from e2e.rankrunner import RankRunner, annotate
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from paraserve.api import InferenceDeploymentSpec
-from paraserve.controller.profiles import PARASERVE, read
-from paraserve.controller.promtext import parse
+from paraserve.controller.measurement.exposition import parse
+from paraserve.controller.measurement.metric_profiles import PARASERVE, read
 from paraserve.planner.memory import stage_memory, stage_shapes
 
 REPO = Path(__file__).resolve().parents[2]

@@ -29,8 +29,10 @@ from e2e.install import (
     rbac_grants,
 )
 
-from paraserve.controller import command, webhook_options, webhook_server
-from paraserve.controller.webhook_options import WebhookOptions
+from paraserve.controller.admission import options as webhook_options
+from paraserve.controller.admission import server as webhook_server
+from paraserve.controller.admission.options import WebhookOptions
+from paraserve.controller.running import operator_flags
 
 # Every value the chart has, switched away from its default at once.
 EVERYTHING_ON: dict[str, Any] = {
@@ -57,7 +59,7 @@ def default() -> list[dict[str, Any]]:
 def parse_operator_args(args: list[str]) -> argparse.Namespace:
     """The chart's args through `paraserve operator`'s own parser: every flag must exist."""
     parser = argparse.ArgumentParser(exit_on_error=False)
-    command.add_arguments(parser)
+    operator_flags.add_arguments(parser)
     try:
         parsed, unknown = parser.parse_known_args(args)
     except SystemExit as exit_:  # argparse exits on a bad value even with exit_on_error=False

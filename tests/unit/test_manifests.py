@@ -26,8 +26,9 @@ from e2e.install import (
 )
 from test_chart import parse_operator_args
 
-from paraserve.controller import webhook_options, webhook_server
-from paraserve.controller.webhook_options import WebhookOptions
+from paraserve.controller.admission import options as webhook_options
+from paraserve.controller.admission import server as webhook_server
+from paraserve.controller.admission.options import WebhookOptions
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ app.kubernetes.io/part-of: paraserve
 /validate-spec
 {{- end -}}
 
-{{/* The name the operator gives the configuration it manages (webhook_server.py). */}}
+{{/* The name the operator gives the configuration it manages (controller/admission/server.py). */}}
 {{- define "paraserve.webhookConfigurationName" -}}
 paraserve.dev
 {{- end -}}

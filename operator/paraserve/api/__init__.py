@@ -22,7 +22,7 @@ from paraserve.api.documents import (
     load_nodes_and_pods,
     parse_documents,
 )
-from paraserve.api.plan import Check, Finding, MemoryBreakdown, Plan, Stage
+from paraserve.api.plan_report import Check, Finding, MemoryBreakdown, Plan, Stage
 from paraserve.api.resource import InferenceDeployment
 from paraserve.api.spec import (
     Architecture,

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from paraserve.api.base import WireModel
-from paraserve.api.plan import MemoryBreakdown, Plan, Stage
+from paraserve.api.plan_report import MemoryBreakdown, Plan, Stage
 from paraserve.api.units import format_bytes
 
 

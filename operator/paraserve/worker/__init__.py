@@ -5,6 +5,6 @@ from __future__ import annotations
 
 def main(argv: list[str] | None = None) -> int:
     """`paraserve worker` on its own (the torch-heavy modules load only when it runs)."""
-    from paraserve.worker.command import main as run
+    from paraserve.worker.worker_flags import main as run
 
     return run(argv)

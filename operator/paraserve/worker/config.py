@@ -12,7 +12,7 @@ import torch
 from paraserve.api import Dtype
 from paraserve.worker.env import RankEnv, parse_rank_env, stage_layers
 from paraserve.worker.loadgen import LoadProfile
-from paraserve.worker.runtime import RunConfig
+from paraserve.worker.rank_runtime import RunConfig
 from paraserve.worker.shape import ModelShape, Shard
 from paraserve.worker.topology import load_topology
 

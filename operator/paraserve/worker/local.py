@@ -36,7 +36,7 @@ def free_ports(count: int) -> list[int]:
 def _rank_main(environ: dict[str, str], argv: list[str]) -> None:
     import torch
 
-    from paraserve.worker.command import main
+    from paraserve.worker.worker_flags import main
 
     os.environ.update(environ)
     # Ranks share this machine's cores; one thread each avoids OpenMP spinning against peers.
@@ -78,7 +78,7 @@ class LocalReplica:
         # Forked from a server that imported torch once: a replica starts in about a second
         # instead of one torch import per rank.
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "paraserve.worker.runtime"])
+        context.set_forkserver_preload(["torch", "paraserve.worker.rank_runtime"])
         world_size = pipeline * tensor
         master_port, *ports = free_ports(1 + world_size)
         if metrics_port_base:

@@ -12,8 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from paraserve.worker.device_memory import ActivationMeter
 from paraserve.worker.kvcache import KVCache
-from paraserve.worker.memory import ActivationMeter
 from paraserve.worker.parallel import TensorParallel
 from paraserve.worker.shape import RMS_NORM_EPS, ROPE_THETA
 from paraserve.worker.weights import LayerWeights, StageWeights

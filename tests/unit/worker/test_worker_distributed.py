@@ -54,8 +54,8 @@ def test_sharded_logits_equal_the_single_process_model(
 def test_a_rank_with_a_contradictory_env_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from paraserve.worker.command import EXIT_BAD_INPUT, add_arguments, run
     from paraserve.worker.env import rank_environ
+    from paraserve.worker.worker_flags import EXIT_BAD_INPUT, add_arguments, run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

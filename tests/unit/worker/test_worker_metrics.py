@@ -13,8 +13,8 @@ from paraserve.worker.allocation import allocation_report
 from paraserve.worker.env import parse_rank_env
 from paraserve.worker.groups import form_groups
 from paraserve.worker.loadgen import LoadProfile
-from paraserve.worker.metrics import MetricsServer, RankMetrics
-from paraserve.worker.runtime import RunConfig, build_rank, serve
+from paraserve.worker.rank_metrics import MetricsServer, RankMetrics
+from paraserve.worker.rank_runtime import RunConfig, build_rank, serve
 from paraserve.worker.shape import TINY_ARCHITECTURE, ModelShape
 
 

@@ -2,11 +2,11 @@
 
 import torch
 
+from paraserve.worker.device_memory import ActivationMeter
 from paraserve.worker.engine import Engine
 from paraserve.worker.env import parse_rank_env
 from paraserve.worker.groups import form_groups
 from paraserve.worker.kvcache import KVCache
-from paraserve.worker.memory import ActivationMeter
 from paraserve.worker.model import StageModel
 from paraserve.worker.parallel import TensorParallel
 from paraserve.worker.reference import reference_logits

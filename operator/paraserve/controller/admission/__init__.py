@@ -1,0 +1,1 @@
+"""The validating admission webhook: the check, its server and its registration."""

@@ -1,0 +1,1 @@
+"""Scraping ranks and turning their metrics into status.measured."""

@@ -1,0 +1,257 @@
+"""The measurement loop: every interval, scrape each deployment's ready ranks and write status.
+
+It runs as one background task beside the reconcile workers (started when kopf starts, so only
+while this replica leads) rather than as a kopf timer, which would put a finalizer on every
+InferenceDeployment. It reads the deployments index and its own index of rank pods, and writes
+only `status.measured`, the MeetsSLO condition and (once memory was measured) the MEM column.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import kopf
+from pydantic import ValidationError
+
+from paraserve.api import ConditionType, InferenceDeploymentSpec, Phase
+from paraserve.controller.measurement.exposition import ExpositionError, parse
+from paraserve.controller.measurement.measured_status import (
+    History,
+    Scrape,
+    aggregate,
+    measured_status,
+    needs_write,
+    slo_condition,
+    status_patch,
+)
+from paraserve.controller.measurement.metric_profiles import profile_for, read
+from paraserve.controller.measurement.scrape import ScrapeError, Target, fetch_all
+from paraserve.controller.reconciling import owned_objects
+from paraserve.controller.running.cluster_io import Cluster
+
+logger = logging.getLogger("paraserve.measure")
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    interval: float = 15.0  # seconds between scrapes; 0 disables the loop
+    window: float = 60.0  # span of the counter window (like rate(x[60s]))
+    timeout: float = 3.0  # per request
+    concurrency: int = 16  # requests in flight, over all deployments
+    tolerance: float = 0.05  # relative change that is material
+    refresh: float = 300.0  # rewrite sampledAt at least this often
+    address_annotation: bool = False  # scrape the pod's metrics-address annotation, if set
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> MeasureSettings:
+        """PARASERVE_MEASURE_INTERVAL, _WINDOW, _TIMEOUT, _CONCURRENCY, _TOLERANCE, _REFRESH,
+        and PARASERVE_MEASURE_ADDRESS_ANNOTATION (true|false).
+
+        ValueError naming the variable when one is not a number in its range.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        # (name, type, least value, whether the least value itself is allowed)
+        for name, kind, least, inclusive in (
+            ("interval", float, 0, True),  # 0 disables the loop
+            ("window", float, 0, False),
+            ("timeout", float, 0, False),
+            ("concurrency", int, 1, True),
+            ("tolerance", float, 0, True),
+            ("refresh", float, 0, False),
+        ):
+            variable = f"PARASERVE_MEASURE_{name.upper()}"
+            raw = environ.get(variable)
+            if not raw:
+                continue
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{variable}={raw!r} is not a number") from None
+            if not (value >= least if inclusive else value > least) or value == float("inf"):
+                bound = "≥" if inclusive else ">"
+                raise ValueError(f"{variable}={raw!r}: must be {bound} {least} and finite")
+            values[name] = value
+        variable = "PARASERVE_MEASURE_ADDRESS_ANNOTATION"
+        raw = (environ.get(variable) or "false").strip().lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise ValueError(f"{variable}={raw!r}: must be true or false")
+        values["address_annotation"] = raw in ("true", "1")
+        return cls(**values)
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Measurer:
+    def __init__(
+        self,
+        cluster: Cluster,
+        settings: MeasureSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.clock = clock
+        self.deployments: Mapping[Any, Iterable[Any]] = {}
+        self.targets: Mapping[Any, Iterable[Target]] = {}
+        self._history: dict[Key, History] = {}
+        self._unreachable: dict[Key, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def bind(self, indices: Mapping[str, Any]) -> None:
+        self.deployments = indices["deployments"]
+        self.targets = indices["metrics_targets"]
+
+    def start(self) -> None:
+        if self.settings.interval > 0:
+            self._task = asyncio.create_task(self._run(), name="measure")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        limit = asyncio.Semaphore(max(1, self.settings.concurrency))
+        async with aiohttp.ClientSession() as session:
+            while True:
+                started = time.monotonic()
+                await self.measure_all(session, limit)
+                elapsed = time.monotonic() - started
+                await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
+
+    async def measure_all(self, session: aiohttp.ClientSession, limit: asyncio.Semaphore) -> None:
+        keys = [key for key in list(self.deployments.keys()) if isinstance(key, tuple)]
+        for key in [k for k in self._history if k not in keys]:
+            del self._history[key]
+            self._unreachable.pop(key, None)
+        results = await asyncio.gather(
+            *(self.measure(key, session, limit) for key in keys), return_exceptions=True
+        )
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+            if isinstance(result, Exception):  # one deployment's trouble never stops the loop
+                logger.warning("measuring %s/%s failed: %s", *key, result)
+
+    async def measure(
+        self, key: Key, session: aiohttp.ClientSession, limit: asyncio.Semaphore
+    ) -> bool:
+        """Scrape one deployment's ready ranks; True if status was written."""
+        store = self.deployments.get(key)
+        body = next(iter(store), None) if store is not None else None
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return False
+        status: dict[str, Any] = body.get("status") or {}
+        if status.get("phase") in (None, Phase.PENDING.value, Phase.REJECTED.value):
+            return False
+        try:
+            spec = InferenceDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return False  # the reconcile reports it
+        wanted = spec.parallelism.world_size
+        ready = [
+            t
+            for t in self.targets.get(key, ())
+            if t.ready and t.replica < spec.replicas and t.rank < wanted
+        ]
+        history = self._history.setdefault(key, History(self.settings.window))
+        history.retain(t.uid for t in ready)
+        if not ready:
+            return False  # nothing is serving: the last measurement stays, with its time
+        profile = profile_for(spec.metrics.profile)
+        honour = self.settings.address_annotation
+        urls = [t.url(spec.metrics.port, spec.metrics.path, honour_address=honour) for t in ready]
+        texts = await fetch_all(session, urls, limit=limit, timeout=self.settings.timeout)
+        now = self.clock()
+        windows = []
+        unreachable = []
+        for target, text in zip(ready, texts, strict=True):
+            try:
+                if isinstance(text, ScrapeError):
+                    raise text
+                reading = read(profile, parse(text))
+            except (ScrapeError, ExpositionError) as error:
+                unreachable.append(f"{target.name}: {error}")
+                continue
+            scrape = Scrape(now, reading)
+            windows.append((scrape, history.record(target.uid, scrape)))
+        if len(unreachable) != self._unreachable.get(key, 0):  # log changes, not every interval
+            self._unreachable[key] = len(unreachable)
+            first = f": {unreachable[0]}" if unreachable else ""
+            logger.info("%s/%s: %d ranks unreachable%s", *key, len(unreachable), first)
+        gpu = ((status.get("plan") or {}).get("memory") or {}).get("gpuMemoryBytes")
+        measurement = aggregate(
+            windows, unreachable=len(unreachable), gpu_memory_bytes=int(gpu) if gpu else None
+        )
+        stamp = _now_iso()
+        measured = measured_status(measurement, profile.name, stamp)
+        condition = slo_condition(measurement, spec.slo)
+        previous = next(
+            (
+                c
+                for c in status.get("conditions") or []
+                if c.get("type") == ConditionType.MEETS_SLO.value
+            ),
+            None,
+        )
+        if not needs_write(
+            status.get("measured"),
+            measured,
+            previous,
+            condition,
+            datetime.datetime.now(datetime.UTC),
+            tolerance=self.settings.tolerance,
+            refresh_seconds=self.settings.refresh,
+        ):
+            return False
+        metadata = body["metadata"]
+        patch = status_patch(
+            measured, condition, status, generation=metadata.get("generation"), now=stamp
+        )
+        written = await self.cluster.patch_deployment(
+            key[0],
+            key[1],
+            {"status": patch},
+            resource_version=metadata.get("resourceVersion"),
+            subresource="status",
+        )
+        return written is not None  # a conflict: the next interval reads the newer object
+
+
+def register(registry: kopf.OperatorRegistry, measurer: Measurer) -> None:
+    """The rank-pod index the loop reads, and its start and stop with the operator."""
+
+    @kopf.index(
+        "v1",
+        "pods",
+        id="metrics_targets",
+        labels={owned_objects.LABEL_DEPLOYMENT: kopf.PRESENT},
+        registry=registry,
+    )
+    def metrics_targets(body: kopf.Body, **_: Any) -> Any:
+        target = Target.from_pod(body)
+        owner = body.metadata.labels[owned_objects.LABEL_DEPLOYMENT]
+        return {(body.metadata.namespace, owner): target} if target is not None else None
+
+    @kopf.on.startup(id="start-measurement", registry=registry)
+    async def start_measurement(**kwargs: Any) -> None:
+        measurer.bind(kwargs)
+        measurer.start()
+
+    @kopf.on.cleanup(id="stop-measurement", registry=registry)
+    async def stop_measurement(**_: Any) -> None:
+        await measurer.stop()

@@ -1,0 +1,1 @@
+"""One reconcile of one deployment: pure decisions and the objects they render."""

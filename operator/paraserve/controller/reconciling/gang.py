@@ -1,0 +1,434 @@
+"""Pure decisions about replicas as gangs: what to create, what to delete, when to retry.
+
+A replica is formed once all its ranks have been seen at the same time. Before that, missing
+ranks are filled in (an operator killed mid-creation converges). After that, any rank that
+fails, is evicted, is deleted or disappears fails the whole replica: it is deleted and,
+after an exponential back-off, recreated. The state that must survive an operator restart
+(formed, recreating, back-off, restarts) is kept in one annotation on the deployment.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from paraserve.controller.reconciling import owned_objects
+
+GANG_ANNOTATION: Final = "paraserve.dev/gang"
+
+# Phases in which a rank will never run again (restartPolicy Never).
+_ENDED: Final = ("Failed", "Succeeded")
+
+
+@dataclass(frozen=True)
+class ObservedPod:
+    """What the controller needs to know of one rank pod (kept in an in-memory index)."""
+
+    name: str
+    uid: str
+    replica: int
+    rank: int
+    template_hash: str
+    phase: str = "Pending"
+    ready: bool = False
+    node: str | None = None
+    terminating: bool = False
+    reason: str = ""
+    # uid of the deployment that owns the pod; a deleted namesake's pods are not ours.
+    owner_uid: str = ""
+    # The node its group was placed on by the operator (before the scheduler binds it).
+    planned_node: str | None = None
+    # Since when (epoch seconds) the scheduler has found no node for it, if it has not.
+    unschedulable_since: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.phase == "Running" and not self.terminating
+
+    @property
+    def broken(self) -> bool:
+        """The rank is gone for good: its gang cannot heal."""
+        return self.phase in _ENDED or self.terminating
+
+    def stuck(self, now: float, after: float) -> bool:
+        """Unschedulable for longer than `after`: its gang holds GPUs it cannot use."""
+        since = self.unschedulable_since
+        return not self.node and since is not None and now - since > after
+
+    @property
+    def why(self) -> str:
+        if self.unschedulable_since is not None and not self.node and not self.broken:
+            return f"pod {self.name} could not be scheduled"
+        if self.terminating:
+            return f"pod {self.name} was deleted"
+        if self.reason == "Evicted":
+            return f"pod {self.name} was evicted"
+        return f"pod {self.name} {self.phase.lower()}" + (
+            f" ({self.reason})" if self.reason else ""
+        )
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> ObservedPod | None:
+        """From a Pod object; None when it does not carry our rank labels."""
+        metadata = pod.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        status = pod.get("status") or {}
+        coordinates = owned_objects.replica_and_rank(labels)
+        if coordinates is None:
+            return None
+        replica, rank = coordinates
+        conditions = status.get("conditions") or []
+        owners = [o for o in metadata.get("ownerReferences") or [] if o.get("controller")]
+        unschedulable = next(
+            (
+                c.get("lastTransitionTime")
+                for c in conditions
+                if c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+            ),
+            None,
+        )
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        return cls(
+            name=str(metadata.get("name", "")),
+            uid=str(metadata.get("uid", "")),
+            replica=replica,
+            rank=rank,
+            template_hash=str(labels.get(owned_objects.LABEL_TEMPLATE_HASH, "")),
+            phase=str(status.get("phase") or "Pending"),
+            ready=ready,
+            node=(pod.get("spec") or {}).get("nodeName"),
+            terminating=metadata.get("deletionTimestamp") is not None,
+            reason=str(status.get("reason") or ""),
+            owner_uid=str(owners[0].get("uid", "")) if owners else "",
+            planned_node=(metadata.get("annotations") or {}).get(
+                owned_objects.PLANNED_NODE_ANNOTATION
+            ),
+            unschedulable_since=_epoch(unschedulable),
+        )
+
+
+def _epoch(timestamp: Any) -> float | None:
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """What must be remembered about one replica across reconciles and operator restarts."""
+
+    formed: bool = False
+    formed_at: float | None = None
+    # Deleted on purpose and waiting to be created again (after not_before).
+    recreating: bool = False
+    not_before: float = 0.0
+    # Consecutive failures, for the back-off; reset once a replica ran long enough.
+    attempt: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"formed": self.formed, "attempt": self.attempt}
+        if self.formed_at is not None:
+            out["formedAt"] = round(self.formed_at, 3)
+        if self.recreating:
+            out["recreating"] = True
+            out["notBefore"] = round(self.not_before, 3)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReplicaState:
+        formed_at = data.get("formedAt")
+        return cls(
+            formed=bool(data.get("formed", False)),
+            formed_at=float(formed_at) if formed_at is not None else None,
+            recreating=bool(data.get("recreating", False)),
+            not_before=float(data.get("notBefore", 0.0)),
+            attempt=int(data.get("attempt", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class GangState:
+    """The gang annotation: per-replica state and the total of restarts."""
+
+    replicas: Mapping[int, ReplicaState] = field(default_factory=dict)
+    restarts: int = 0
+
+    def replica(self, index: int) -> ReplicaState:
+        return self.replicas.get(index, ReplicaState())
+
+    def serialize(self) -> str:
+        body = {
+            "restarts": self.restarts,
+            "replicas": {str(r): s.to_json() for r, s in sorted(self.replicas.items())},
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, text: str | None) -> GangState:
+        """From the annotation; anything unreadable is a fresh start, not a crash."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            replicas = {
+                int(key): ReplicaState.from_json(value)
+                for key, value in (data.get("replicas") or {}).items()
+            }
+            return cls(replicas=replicas, restarts=int(data.get("restarts", 0)))
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before a failed replica is recreated: base × 2^(attempt-1), capped."""
+
+    base: float = 5.0
+    cap: float = 300.0
+    # A replica formed this long ago counts as healthy: its next failure starts over.
+    reset_after: float = 600.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.cap, self.base * 2 ** max(attempt - 1, 0)))
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one reconcile must do, in order: persist state, delete, create."""
+
+    state: GangState
+    state_changed: bool
+    delete: tuple[ObservedPod, ...] = ()
+    # (replica, ranks) to create; ranks None means the whole replica.
+    create: tuple[tuple[int, tuple[int, ...] | None], ...] = ()
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    waiting: tuple[int, ...] = ()  # replicas that wait for free GPUs
+    restarting: tuple[int, ...] = ()  # replicas deleted and not yet recreated
+    rolling: bool = False  # some replica runs an outdated template
+
+
+@dataclass
+class _Builder:
+    replicas: dict[int, ReplicaState]
+    restarts: int
+    delete: list[ObservedPod] = field(default_factory=list)
+    create: list[tuple[int, tuple[int, ...] | None]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue: list[float] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    restarting: list[int] = field(default_factory=list)
+
+
+def group_by_replica(pods: Iterable[ObservedPod]) -> dict[int, list[ObservedPod]]:
+    grouped: dict[int, list[ObservedPod]] = {}
+    for pod in pods:
+        grouped.setdefault(pod.replica, []).append(pod)
+    for members in grouped.values():
+        members.sort(key=lambda p: p.rank)
+    return grouped
+
+
+def decide(
+    *,
+    desired_replicas: int,
+    world_size: int,
+    template_hash: str,
+    pods: Iterable[ObservedPod],
+    state: GangState,
+    now: float,
+    fits: Callable[[int, int], bool],
+    backoff: Backoff = Backoff(),
+    recheck_after: float = 2.0,
+    unschedulable_after: float = 120.0,
+) -> Decision:
+    """One step towards `desired_replicas` gangs of `world_size` ranks of `template_hash`.
+
+    `fits(n, r)` says whether n replicas, the n-th being replica r, fit the GPUs free now
+    (own pods counted as free). A rank the scheduler cannot place for `unschedulable_after`
+    seconds fails its gang, so a half-placed replica gives its GPUs back and waits.
+    """
+    by_replica = group_by_replica(pods)
+    b = _Builder(replicas=dict(state.replicas), restarts=state.restarts)
+    holding = {r for r, members in by_replica.items() if members}
+    to_create: list[int] = []
+
+    # Scale down: whole replicas beyond the desired count go, highest first.
+    for r in sorted(set(by_replica) | set(b.replicas), reverse=True):
+        if r < desired_replicas:
+            continue
+        alive = [p for p in by_replica.get(r, []) if not p.terminating]
+        if alive:
+            b.delete.extend(alive)
+            b.events.append(Event("Normal", "ScaledDown", f"deleting replica {r}"))
+        b.replicas.pop(r, None)
+
+    for r in range(desired_replicas):
+        members = by_replica.get(r, [])
+        current = b.replicas.get(r, ReplicaState())
+        if current.recreating:
+            _continue_recreation(b, r, members, current, now, to_create, recheck_after)
+            continue
+        if not members:
+            to_create.append(r)
+            continue
+        broken = [p for p in members if p.broken or p.stuck(now, unschedulable_after)]
+        present = {p.rank for p in members}
+        missing = [k for k in range(world_size) if k not in present]
+        if broken or (current.formed and missing and not _outdated(members, template_hash)):
+            why = broken[0].why if broken else f"rank {missing[0]} of replica {r} disappeared"
+            _restart(b, r, members, current, now, backoff, why)
+            continue
+        if _outdated(members, template_hash):
+            continue  # replaced as a whole by the rolling update, never patched up
+        if missing:
+            # Not formed yet: the creation was interrupted or is still being observed.
+            b.create.append((r, tuple(missing)))
+            continue
+        if not current.formed:
+            b.replicas[r] = replace(current, formed=True, formed_at=now)
+
+    _roll_one(b, by_replica, desired_replicas, world_size, template_hash, now)
+
+    # New and recreated replicas start only while the free GPUs hold them.
+    active = len(holding)
+    for r in sorted(to_create):
+        if fits(active + 1, r):
+            active += 1
+            b.create.append((r, None))
+            b.replicas[r] = ReplicaState(attempt=b.replicas.get(r, ReplicaState()).attempt)
+        else:
+            b.waiting.append(r)
+
+    new_state = GangState(replicas=b.replicas, restarts=b.restarts)
+    rolling = any(
+        p.template_hash != template_hash or p.rank >= world_size
+        for r, members in by_replica.items()
+        if r < desired_replicas
+        for p in members
+    )
+    return Decision(
+        state=new_state,
+        state_changed=new_state.serialize() != state.serialize(),
+        delete=tuple(b.delete),
+        create=tuple(b.create),
+        events=tuple(b.events),
+        requeue_after=min(b.requeue) if b.requeue else None,
+        waiting=tuple(b.waiting),
+        restarting=tuple(sorted(set(b.restarting))),
+        rolling=rolling,
+    )
+
+
+def _continue_recreation(
+    b: _Builder,
+    r: int,
+    members: list[ObservedPod],
+    current: ReplicaState,
+    now: float,
+    to_create: list[int],
+    recheck_after: float,
+) -> None:
+    """A replica deleted on purpose: wait until its pods are gone and its back-off is over."""
+    b.restarting.append(r)
+    if members:
+        b.delete.extend(p for p in members if not p.terminating)
+        b.requeue.append(recheck_after)
+    elif now < current.not_before:
+        b.requeue.append(current.not_before - now)
+    else:
+        to_create.append(r)
+
+
+def _restart(
+    b: _Builder,
+    r: int,
+    members: list[ObservedPod],
+    current: ReplicaState,
+    now: float,
+    backoff: Backoff,
+    why: str,
+) -> None:
+    healthy_long_enough = (
+        current.formed_at is not None and now - current.formed_at >= backoff.reset_after
+    )
+    attempt = 1 if healthy_long_enough else current.attempt + 1
+    delay = backoff.delay(attempt)
+    b.replicas[r] = ReplicaState(recreating=True, not_before=now + delay, attempt=attempt)
+    b.restarts += 1
+    b.delete.extend(p for p in members if not p.terminating)
+    b.restarting.append(r)
+    b.requeue.append(delay)
+    b.events.append(
+        Event(
+            "Warning",
+            "ReplicaRestart",
+            f"{why}: recreating replica {r} as a gang in {delay:g}s (restart {b.restarts})",
+        )
+    )
+
+
+def _outdated(members: Iterable[ObservedPod], template_hash: str) -> bool:
+    return any(p.template_hash != template_hash for p in members)
+
+
+def _roll_one(
+    b: _Builder,
+    by_replica: Mapping[int, list[ObservedPod]],
+    desired_replicas: int,
+    world_size: int,
+    template_hash: str,
+    now: float,
+) -> None:
+    """Replace one outdated replica at a time, while every up-to-date one is available.
+
+    GPUs are scarce, so there is no surge: a replica is deleted, then created anew.
+    Outdated replicas that are not serving anyway go first.
+    """
+
+    def available(r: int) -> bool:
+        members = by_replica.get(r, [])
+        state = b.replicas.get(r, ReplicaState())
+        return (
+            not state.recreating
+            and bool(members)
+            and (state.formed or len(members) >= world_size)
+            and all(p.ready and not p.broken for p in members)
+        )
+
+    outdated = [
+        r
+        for r in range(desired_replicas)
+        if not b.replicas.get(r, ReplicaState()).recreating
+        and _outdated(by_replica.get(r, []), template_hash)
+    ]
+    if not outdated:
+        return
+    unavailable = [r for r in range(desired_replicas) if not available(r)]
+    if any(r not in outdated for r in unavailable):
+        return  # an up-to-date replica is still coming up: one at a time
+    r = next((r for r in outdated if r in unavailable), outdated[0])
+    members = by_replica.get(r, [])
+    attempt = b.replicas.get(r, ReplicaState()).attempt
+    b.replicas[r] = ReplicaState(recreating=True, not_before=now, attempt=attempt)
+    b.delete.extend(p for p in members if not p.terminating)
+    b.restarting.append(r)
+    b.requeue.append(2.0)
+    b.events.append(
+        Event("Normal", "RollingUpdate", f"replacing replica {r} with the new template")
+    )

@@ -1,0 +1,418 @@
+"""One reconcile of one InferenceDeployment: plan against the pool, act on the gangs, write status.
+
+Everything is read from in-memory indexes kept by watches; the only API calls are the writes.
+A reconcile is level-triggered and idempotent: it may be interrupted at any line and simply
+runs again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from paraserve.api import (
+    API_VERSION,
+    KIND,
+    Finding,
+    InferenceDeploymentSpec,
+    Plan,
+    describe_validation_error,
+)
+from paraserve.controller.reconciling import owned_objects, placement
+from paraserve.controller.reconciling.deployment_status import (
+    Observation,
+    desired_status,
+    is_progress_only,
+    phase_event,
+    status_patch,
+)
+from paraserve.controller.reconciling.gang import (
+    GANG_ANNOTATION,
+    Backoff,
+    Decision,
+    GangState,
+    ObservedPod,
+    decide,
+)
+from paraserve.controller.running.cluster_io import Cluster
+from paraserve.controller.running.operator_metrics import OperatorMetrics
+from paraserve.planner import Pool, plan
+
+logger = logging.getLogger("paraserve.controller")
+
+Key = tuple[str, str]  # (namespace, name)
+
+INVALID_SPEC: Final = "InvalidSpec"
+INVALID_NAME: Final = "InvalidName"
+# After a write conflict the watch has a newer object on its way; look again shortly.
+CONFLICT_RETRY: Final = 1.0
+# How long a placement holds its GPUs while the watch has not shown the pod (it normally does
+# within milliseconds; a pod never created releases them after this).
+RESERVATION_SECONDS: Final = 30.0
+# Status writes that only count ranks (no phase, generation or condition change) are spaced.
+PROGRESS_WRITE_INTERVAL: Final = 1.0
+
+
+@dataclass
+class ControllerSettings:
+    default_image: str = "paraserve:latest"
+    backoff: Backoff = field(default_factory=Backoff)
+    resync_seconds: float = 60.0
+    workers: int = 4
+    # A rank the scheduler cannot place this long fails its gang (it is re-placed).
+    unschedulable_after: float = 120.0
+
+
+class Views:
+    """Read access to the operator's in-memory indexes (kopf keeps them, we only read)."""
+
+    def __init__(self) -> None:
+        self.deployments: Mapping[Any, Iterable[Any]] = {}
+        self.nodes: Mapping[Any, Iterable[Any]] = {}
+        self.gpu_pods: Mapping[Any, Iterable[Any]] = {}
+        self.rank_pods: Mapping[Any, Iterable[Any]] = {}
+
+    def deployment(self, key: Key) -> dict[str, Any] | None:
+        store = self.deployments.get(key)
+        return next(iter(store), None) if store is not None else None
+
+    def deployment_keys(self) -> list[Key]:
+        return list(self.deployments.keys())
+
+    def all_nodes(self) -> list[dict[str, Any]]:
+        return list(self.nodes.get(ALL, ()))
+
+    def all_gpu_pods(self) -> list[dict[str, Any]]:
+        return list(self.gpu_pods.get(ALL, ()))
+
+    def ranks_of(self, key: Key) -> list[ObservedPod]:
+        return list(self.rank_pods.get(key, ()))
+
+
+ALL: Final = "all"
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cluster: Cluster,
+        views: Views,
+        settings: ControllerSettings,
+        metrics: OperatorMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cluster = cluster
+        self.views = views
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        # Fingerprints of the Service and ConfigMap last applied, so they are written on change.
+        self._applied: dict[Key, str] = {}
+        self._last_write: dict[Key, float] = {}
+        # (namespace, pod) → (expiry, node): placed ranks not yet seen by the watch.
+        self._reserved: dict[tuple[str, str], tuple[float, str]] = {}
+
+    async def reconcile(self, key: Key) -> float | None:
+        """Bring one deployment one step closer to its spec; the delay to look again, if any."""
+        body = self.views.deployment(key)
+        if body is None:
+            self._applied.pop(key, None)
+            self._last_write.pop(key, None)
+            return None
+        metadata = body.get("metadata", {})
+        if metadata.get("deletionTimestamp"):
+            return None  # the garbage collector removes what we own
+        namespace, name = key
+        status: dict[str, Any] = body.get("status") or {}
+        resource_version = metadata.get("resourceVersion")
+        uid = str(metadata.get("uid", ""))
+        # Pods left by a deleted deployment of the same name wait for the garbage collector.
+        pods = [p for p in self.views.ranks_of(key) if p.owner_uid in ("", uid)]
+        state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
+
+        spec, rejection = self.parse_spec(name, body.get("spec") or {})
+        verdict: Plan | None = None
+        decision: Decision | None = None
+        gpus_free: int | None = None
+        if spec is not None:
+            pool = self.pool_for(key, spec)
+            verdict = plan(spec, pool)
+            own_used = sum(1 for p in pods if p.node and not p.broken)
+            gpus_free = max(0, verdict.gpus_free - own_used)
+            if rejection is None and verdict.errors:
+                rejection = verdict.errors[0]
+            if rejection is None:
+                decision, placements = self._decide(key, spec, pool, pods, state)
+                applied = await self._act(
+                    key, metadata, spec, verdict, decision, placements, resource_version
+                )
+                if applied is None:
+                    return CONFLICT_RETRY
+                resource_version = applied
+                state = decision.state
+
+        observation = Observation(
+            name=name,
+            generation=metadata.get("generation"),
+            spec=spec,
+            plan=verdict,
+            rejection=rejection,
+            decision=decision,
+            pods=pods,
+            state=state,
+            gpus_free=gpus_free,
+        )
+        desired = desired_status(observation, status, _now_iso())
+        patch = status_patch(status, desired)
+        requeue = decision.requeue_after if decision is not None else None
+        if patch and is_progress_only(status, patch):
+            # Ranks becoming ready one by one: at most one such write per interval per deployment.
+            wait = self._last_write.get(key, -1e9) + PROGRESS_WRITE_INTERVAL - time.monotonic()
+            if wait > 0:
+                return min(wait, requeue) if requeue is not None else wait
+        if patch:
+            self._last_write[key] = time.monotonic()
+            written = await self.cluster.patch_deployment(
+                namespace,
+                name,
+                {"status": patch},
+                resource_version=resource_version,
+                subresource="status",
+            )
+            if written is None:
+                return CONFLICT_RETRY
+            announcement = phase_event(status, desired, observation)
+            if announcement is not None:
+                await self._event(body, *announcement)
+        return requeue
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def parse_spec(
+        self, name: str, raw_spec: Mapping[str, Any]
+    ) -> tuple[InferenceDeploymentSpec | None, Finding | None]:
+        try:
+            spec = InferenceDeploymentSpec.model_validate(raw_spec)
+        except ValidationError as error:
+            message = describe_validation_error(error, "spec")
+            return None, Finding(code=INVALID_SPEC, message=message)
+        problem = owned_objects.name_problem(name, spec)
+        return spec, Finding(code=INVALID_NAME, message=problem) if problem else None
+
+    def pool_for(self, key: Key, spec: InferenceDeploymentSpec) -> Pool:
+        """The pool as this deployment sees it: its own ranks' GPUs count as free."""
+        namespace, name = key
+        others = [
+            pod
+            for pod in self.views.all_gpu_pods()
+            if not (
+                pod["metadata"].get("namespace") == namespace
+                and (pod["metadata"].get("labels") or {}).get(owned_objects.LABEL_DEPLOYMENT)
+                == name
+            )
+        ]
+        return Pool.from_objects(self.views.all_nodes(), others, spec)
+
+    def _decide(
+        self,
+        key: Key,
+        spec: InferenceDeploymentSpec,
+        pool: Pool,
+        pods: list[ObservedPod],
+        state: GangState,
+    ) -> tuple[Decision, dict[int, dict[int, str]]]:
+        """The gang decision, and the node of each tensor-parallel group it creates (if pinned)."""
+        tensor = spec.parallelism.tensor
+        pin = spec.placement.tensor_parallel_within_node and tensor > 1
+        free: dict[str, int] = {}
+        if pin:
+            everyone = self.views.all_gpu_pods()
+            full = Pool.from_objects(self.views.all_nodes(), everyone, spec)
+            free = placement.free_by_node(full, everyone, spec.gpu.resource_name)
+            self._subtract_reserved(free, everyone)
+        placements: dict[int, dict[int, str]] = {}
+
+        def fits(replicas: int, replica: int) -> bool:
+            wanted = spec.model_copy(update={"replicas": replicas})
+            if not plan(wanted, pool).schedulable_now:
+                return False
+            if not pin:
+                return True
+            chosen = placement.place_groups(range(spec.parallelism.pipeline), tensor, free)
+            if chosen is None:
+                return False
+            placements[replica] = chosen
+            return True
+
+        decision = decide(
+            desired_replicas=spec.replicas,
+            world_size=spec.parallelism.world_size,
+            template_hash=owned_objects.template_hash(spec, self.settings.default_image),
+            pods=pods,
+            state=state,
+            now=self.clock(),
+            fits=fits,
+            backoff=self.settings.backoff,
+            unschedulable_after=self.settings.unschedulable_after,
+        )
+        if pin:
+            # Ranks filled in after an interrupted creation join their group's node.
+            for replica, only in decision.create:
+                if only is None:
+                    continue
+                known = {
+                    p.rank // tensor: node
+                    for p in pods
+                    if p.replica == replica and (node := p.planned_node or p.node)
+                }
+                missing = sorted({rank // tensor for rank in only} - set(known))
+                extra = placement.place_groups(missing, tensor, free) or {}
+                placements[replica] = {**known, **extra}
+            self._reserve(key, decision, placements, spec)
+        return decision, placements
+
+    def _subtract_reserved(self, free: dict[str, int], pods: list[dict[str, Any]]) -> None:
+        """Ranks placed by a reconcile whose pods the watch has not shown yet still hold GPUs:
+        without this, two deployments reconciled at once could be placed on the same GPUs."""
+        seen = {(p["metadata"].get("namespace"), p["metadata"].get("name")) for p in pods}
+        now = time.monotonic()
+        for pod, (expires, node) in list(self._reserved.items()):
+            if pod in seen or expires < now:
+                del self._reserved[pod]
+            elif node in free:
+                free[node] = max(0, free[node] - 1)
+
+    def _reserve(
+        self,
+        key: Key,
+        decision: Decision,
+        placements: Mapping[int, Mapping[int, str]],
+        spec: InferenceDeploymentSpec,
+    ) -> None:
+        namespace, name = key
+        expires = time.monotonic() + RESERVATION_SECONDS
+        tensor = spec.parallelism.tensor
+        for replica, only in decision.create:
+            nodes = placements.get(replica) or {}
+            for rank in only if only is not None else range(spec.parallelism.world_size):
+                node = nodes.get(rank // tensor)
+                if node is not None:
+                    pod = owned_objects.pod_name(name, replica, rank)
+                    self._reserved[(namespace, pod)] = (expires, node)
+
+    async def _act(
+        self,
+        key: Key,
+        metadata: Mapping[str, Any],
+        spec: InferenceDeploymentSpec,
+        verdict: Plan,
+        decision: Decision,
+        placements: Mapping[int, Mapping[int, str]],
+        resource_version: str | None,
+    ) -> str | None:
+        """Persist gang state, then delete, then create. The resourceVersion after, or None."""
+        namespace, name = key
+        if decision.state_changed:
+            # The commit point: a restart counted here is counted once, even if we die next.
+            written = await self.cluster.patch_deployment(
+                namespace,
+                name,
+                {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
+                resource_version=resource_version,
+            )
+            if written is None:
+                return None
+            resource_version = written.get("metadata", {}).get("resourceVersion")
+        owner = owned_objects.Owner(
+            name=name, namespace=namespace, uid=str(metadata.get("uid", ""))
+        )
+        await self._apply_shared(key, owner, spec, verdict)
+        if decision.delete:
+            logger.info(
+                "%s/%s: deleting %d pods: %s",
+                namespace,
+                name,
+                len(decision.delete),
+                " ".join(p.name for p in decision.delete),
+            )
+            await self.cluster.delete_pods(namespace, [(p.name, p.uid) for p in decision.delete])
+        if decision.create:
+            hash_ = owned_objects.template_hash(spec, self.settings.default_image)
+            manifests = [
+                pod
+                for replica, only in decision.create
+                for pod in owned_objects.replica_pods(
+                    owner,
+                    spec,
+                    verdict.stages,
+                    replica,
+                    hash_=hash_,
+                    default_image=self.settings.default_image,
+                    only_ranks=only,
+                    group_nodes=placements.get(replica),
+                )
+            ]
+            created = await self.cluster.create_all(manifests)
+            self.metrics.pods_created.inc(sum(created))
+            logger.info(
+                "%s/%s: created %d of %d pods (the rest existed already)",
+                namespace,
+                name,
+                sum(created),
+                len(manifests),
+            )
+            whole = [r for r, only in decision.create if only is None]
+            if whole:
+                replicas = ", ".join(str(r) for r in whole)
+                message = f"creating replica {replicas}: {spec.parallelism.world_size} ranks each"
+                await self._event({"metadata": metadata}, "Normal", "CreatingReplica", message)
+        for event in decision.events:
+            if event.reason == "ReplicaRestart":
+                self.metrics.gang_restarts.inc()
+            await self._event({"metadata": metadata}, event.type, event.reason, event.message)
+        return resource_version or ""
+
+    async def _apply_shared(
+        self,
+        key: Key,
+        owner: owned_objects.Owner,
+        spec: InferenceDeploymentSpec,
+        verdict: Plan,
+    ) -> None:
+        """The headless Service and the topology ConfigMap, written when they change."""
+        objects = [
+            owned_objects.headless_service(owner, spec),
+            owned_objects.topology_configmap(owner, spec, verdict.stages),
+        ]
+        fingerprint = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
+        if self._applied.get(key) == fingerprint:
+            return
+        for obj in objects:
+            await self.cluster.apply(obj)
+        self._applied[key] = fingerprint
+
+    async def _event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        metadata = body.get("metadata", {})
+        involved = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            "uid": metadata.get("uid"),
+        }
+        try:
+            await self.cluster.post_event(involved, type_=type_, reason=reason, message=message)
+        except Exception as error:  # an Event is a courtesy; never fail a reconcile for it
+            logger.warning("could not post event %s: %s", reason, error)
