@@ -35,13 +35,14 @@ from types import TracebackType
 from typing import Any
 
 from e2e.cluster.controlplane import free_ports
-from paraserve.controller.measurement.scrape import METRICS_ADDRESS_ANNOTATION
-from paraserve.controller.reconciling.owned_objects import (
+from paraserve.api import rank_env
+from paraserve.api.labels import (
     LABEL_DEPLOYMENT,
     LABEL_RANK,
     LABEL_REPLICA,
-    TOPOLOGY_KEY,
+    METRICS_ADDRESS_ANNOTATION,
 )
+from paraserve.api.topology_document import TOPOLOGY_KEY
 
 log = logging.getLogger("paraserve.rankrunner")
 
@@ -215,12 +216,12 @@ class RankRunner:
         environ = pod_environ(container)
         environ.update(
             {
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(master_port),
+                rank_env.MASTER_ADDR: "127.0.0.1",
+                rank_env.MASTER_PORT: str(master_port),
                 # gloo's pairs on loopback too, not on the address the hostname resolves to.
                 "GLOO_SOCKET_IFNAME": "lo",
-                "PARASERVE_METRICS_PORT": str(metrics_port),
-                "PARASERVE_TOPOLOGY": str(self._topology_file(pod_dir)),
+                rank_env.METRICS_PORT: str(metrics_port),
+                rank_env.TOPOLOGY: str(self._topology_file(pod_dir)),
                 "OMP_NUM_THREADS": "1",
             }
         )

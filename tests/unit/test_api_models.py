@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from plan_builders import LLAMA_2_70B, pool_of, spec
 from pydantic import ValidationError
+from tests.builders import LLAMA_2_70B, pool_of, spec
 
 from paraserve.api import (
     API_VERSION,

@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plan_builders import POOL_LABEL
+from tests.builders import POOL_LABEL
 
 from paraserve.api import InferenceDeployment, InferenceDeploymentSpec
 from paraserve.planner import Pool, plan, suggest

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from plan_builders import LLAMA_2_70B, exact_spec, node, pod, pool_of, spec
+from tests.builders import LLAMA_2_70B, exact_spec, node, pod, pool_of, spec
 
 from paraserve.api import InferenceDeploymentSpec, Parallelism, Plan
 from paraserve.planner import codes, plan

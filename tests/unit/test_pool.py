@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plan_builders import node, pod, pool_of, spec
+from tests.builders import node, pod, pool_of, spec
 
 from paraserve.planner import Pool, pod_gpu_request
 

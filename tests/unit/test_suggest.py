@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plan_builders import exact_spec, node, pool_of, spec
+from tests.builders import exact_spec, node, pool_of, spec
 
 from paraserve.api import Parallelism
 from paraserve.planner import plan, suggest

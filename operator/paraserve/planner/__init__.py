@@ -8,11 +8,7 @@ Entry points::
     ranks(spec.parallelism); stage_layers(num_layers, pipeline)   # pod layout
 """
 
-from paraserve.planner import codes
-from paraserve.planner.plan import plan
-from paraserve.planner.pool import Exclusions, Pool, PoolNode, pod_gpu_request
-from paraserve.planner.suggest import Suggestion, closest, suggest
-from paraserve.planner.topology import (
+from paraserve.api.topology import (
     Rank,
     rank_of,
     ranks,
@@ -20,6 +16,10 @@ from paraserve.planner.topology import (
     stage_layers,
     stage_ranks,
 )
+from paraserve.planner import codes
+from paraserve.planner.plan import plan
+from paraserve.planner.pool import Exclusions, Pool, PoolNode, pod_gpu_request
+from paraserve.planner.suggest import Suggestion, closest, suggest
 
 __all__ = [
     "Exclusions",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from paraserve.api import Check, InferenceDeploymentSpec, MemoryBreakdown, Plan, Stage
+from paraserve.api.topology import replica_stages
 from paraserve.planner import codes, rules
 from paraserve.planner.memory import stage_memory, stage_shapes, worst
 from paraserve.planner.pool import Pool
-from paraserve.planner.topology import stage_layers, stage_ranks
 
 
 def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
@@ -48,11 +48,7 @@ def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
     else:
         checks.append(rules.capacity(spec, pool, free=True))
 
-    ranges = stage_layers(num_layers, p.pipeline) if num_layers else (None,) * p.pipeline
-    stages = [
-        Stage(index=s, layers=ranges[s], ranks=list(stage_ranks(s, p.tensor)))
-        for s in range(p.pipeline)
-    ]
+    stages = replica_stages(p, num_layers)
     return _assemble(spec, pool, checks, stages, memory, per_stage, worst_stage)
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from paraserve.api import InferenceDeploymentSpec
+from paraserve.api.topology import stage_layers
 from paraserve.planner.memory import stage_memory, stage_shapes
 from paraserve.worker.config import torch_dtype
-from paraserve.worker.env import stage_layers
 from paraserve.worker.kvcache import KVCache
 from paraserve.worker.shape import ModelShape
 from paraserve.worker.weights import build_stage
@@ -57,7 +57,7 @@ def allocation_report(spec: InferenceDeploymentSpec) -> list[RankAllocation]:
     ]
     rows = []
     for pp_rank in range(par.pipeline):
-        layers = stage_layers(shape.num_layers, par.pipeline, pp_rank)
+        layers = stage_layers(shape.num_layers, par.pipeline)[pp_rank]
         for tp_rank in range(par.tensor):
             weights = build_stage(
                 shape,

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from paraserve.api import Dtype
-from paraserve.worker.env import RankEnv, parse_rank_env, stage_layers
+from paraserve.api.rank_env import RankEnv, parse_rank_env
+from paraserve.api.topology import stage_layers
 from paraserve.worker.loadgen import LoadProfile
 from paraserve.worker.rank_runtime import RunConfig
 from paraserve.worker.shape import ModelShape, Shard
@@ -100,7 +101,7 @@ def resolve(
         kv_cache_dtype=torch_dtype(kv_dtype_name or dtype_name, "kvCacheDtype"),
         max_batch_size=max_batch,
         max_sequence_length=max_length,
-        layer_range=layers or stage_layers(shape.num_layers, env.pp_size, env.pp_rank),
+        layer_range=layers or stage_layers(shape.num_layers, env.pp_size)[env.pp_rank],
         seed=args.seed,
         load=load,
         exit_when_done=args.exit_when_done,

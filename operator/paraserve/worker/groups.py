@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from paraserve.worker.env import RankEnv
+from paraserve.api.rank_env import RankEnv
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from paraserve.worker.env import rank_environ
+from pydantic import ValidationError
+
+from paraserve.api import InferenceDeploymentSpec, describe_validation_error
+from paraserve.api.rank_env import METRICS_PORT, rank_environ
+from paraserve.api.topology import replica_stages
+from paraserve.api.topology_document import TOPOLOGY_KEY, topology_document
 from paraserve.worker.shape import TINY_ARCHITECTURE
-from paraserve.worker.topology import topology_document
+
+#: The name a local replica's topology gives its deployment, model and service.
+LOCAL_NAME = "tiny"
 
 
 def free_ports(count: int) -> list[int]:
@@ -63,16 +70,29 @@ class LocalReplica:
     ) -> None:
         """``metrics_port_base`` 0 gives each rank a free port (see ``metrics_ports``)."""
         architecture = architecture or TINY_ARCHITECTURE
+        try:
+            spec = InferenceDeploymentSpec.model_validate(
+                {
+                    "model": {"name": LOCAL_NAME, "dtype": dtype, "architecture": architecture},
+                    "parallelism": {"pipeline": pipeline, "tensor": tensor, "sequence": sequence},
+                    "serving": {
+                        "maxBatchSize": max_batch_size,
+                        "maxSequenceLength": max_sequence_length,
+                    },
+                }
+            )
+        except ValidationError as error:
+            raise ValueError(describe_validation_error(error, "spec")) from None
+        parallelism = spec.parallelism
+        num_layers = spec.model.architecture.num_layers if spec.model.architecture else None
         self._scratch = tempfile.TemporaryDirectory(prefix="paraserve-topology-")
-        self.topology_path = Path(self._scratch.name) / "topology.json"
+        self.topology_path = Path(self._scratch.name) / TOPOLOGY_KEY
         document = topology_document(
-            architecture,
-            pipeline=pipeline,
-            tensor=tensor,
-            sequence=sequence,
-            max_batch_size=max_batch_size,
-            max_sequence_length=max_sequence_length,
-            dtype=dtype,
+            LOCAL_NAME,
+            "default",
+            spec,
+            replica_stages(parallelism, num_layers),
+            service=LOCAL_NAME,
         )
         self.topology_path.write_text(json.dumps(document, indent=2))
         # Forked from a server that imported torch once: a replica starts in about a second
@@ -88,15 +108,13 @@ class LocalReplica:
         self.processes: list[multiprocessing.process.BaseProcess] = []
         for rank in range(world_size):
             environ = rank_environ(
+                parallelism,
                 rank,
-                pipeline=pipeline,
-                tensor=tensor,
-                sequence=sequence,
-                num_layers=int(architecture["numLayers"]),
+                num_layers=num_layers,
                 master_port=master_port,
                 topology_path=str(self.topology_path),
             )
-            environ["PARASERVE_METRICS_PORT"] = str(ports[rank])
+            environ[METRICS_PORT] = str(ports[rank])
             # Every rank is on this machine: gloo's pairs on loopback, not on the address the
             # hostname resolves to (which may be a routable one).
             environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
@@ -159,18 +177,21 @@ def main(argv: list[str] | None = None) -> int:
             architecture = json.loads(Path(args.architecture).read_text())
         except (OSError, ValueError) as error:
             parser.error(f"--architecture {args.architecture}: {error}")
-    codes = run_replica(
-        worker_args,
-        pipeline=args.pipeline,
-        tensor=args.tensor,
-        sequence=args.sequence,
-        architecture=architecture,
-        dtype=args.dtype,
-        max_batch_size=args.max_batch_size,
-        max_sequence_length=args.max_sequence_length,
-        metrics_port_base=args.metrics_port_base,
-        timeout=None,
-    )
+    try:
+        replica = LocalReplica(
+            worker_args,
+            pipeline=args.pipeline,
+            tensor=args.tensor,
+            sequence=args.sequence,
+            architecture=architecture,
+            dtype=args.dtype,
+            max_batch_size=args.max_batch_size,
+            max_sequence_length=args.max_sequence_length,
+            metrics_port_base=args.metrics_port_base,
+        )
+    except ValueError as error:  # the architecture, dtype or serving figures the spec refuses
+        parser.error(str(error))
+    codes = replica.wait(None)
     print(f"exit codes by rank: {codes}", file=sys.stderr)
     return 0 if all(code == 0 for code in codes) else 1
 

@@ -1,6 +1,6 @@
 """The rank's Prometheus metrics and the HTTP endpoint that serves them on the metrics port.
 
-The names below are a contract: the operator's scraper reads exactly these.
+The names are a contract with the operator's scraper: ``paraserve.api.metric_names``.
 """
 
 from __future__ import annotations
@@ -13,24 +13,17 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-from paraserve.worker.env import RankEnv
-
-MEMORY = "paraserve_rank_memory_bytes"
-MEMORY_USED = "paraserve_rank_memory_used_bytes"
-PREFILL_LATENCY = "paraserve_prefill_latency_seconds"
-DECODE_TOKEN_LATENCY = "paraserve_decode_token_latency_seconds"
-REQUESTS = "paraserve_requests_total"
-GENERATED_TOKENS = "paraserve_generated_tokens_total"
-RANK_INFO = "paraserve_rank_info"
-
-MEMORY_KINDS = (
-    "parameters",
-    "kv_cache",
-    "activations_peak",
-    "process_rss",
-    "device_allocated_peak",
-    "device_reserved_peak",
+from paraserve.api.metric_names import (
+    DECODE_TOKEN_LATENCY,
+    GENERATED_TOKENS,
+    MEMORY,
+    MEMORY_KINDS,
+    MEMORY_USED,
+    PREFILL_LATENCY,
+    RANK_INFO,
+    REQUESTS,
 )
+from paraserve.api.rank_env import RankEnv
 
 PREFILL_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from paraserve.api.rank_env import RankEnv
 from paraserve.worker.device_memory import ActivationMeter, device_peaks, process_rss_bytes
 from paraserve.worker.engine import Engine
-from paraserve.worker.env import RankEnv
 from paraserve.worker.groups import RankGroups
 from paraserve.worker.kvcache import KVCache
 from paraserve.worker.loadgen import LoadGenerator, LoadProfile

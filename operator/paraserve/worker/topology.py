@@ -1,4 +1,8 @@
-"""The topology file the operator mounts on every rank, and its agreement with the rank's env."""
+"""The topology file the operator mounts on every rank, and its agreement with the rank's env.
+
+The document itself is ``paraserve.api.topology_document``; this module adds what the worker
+needs of it (the model's complete shape) and the check against the rank's environment.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from paraserve.api import Dtype, Parallelism, Serving, describe_validation_error
-from paraserve.worker.env import RankEnv, stage_layers
+from paraserve.api import Dtype, Parallelism, Serving
+from paraserve.api.rank_env import PP_SIZE, SP_SIZE, STAGE_LAYERS, TP_SIZE, WORLD_SIZE, RankEnv
+from paraserve.api.topology_document import (
+    StageLayout,
+    TopologyError,
+    parse_topology_document,
+)
 from paraserve.worker.shape import ModelShape, ShapeError
 
-
-class TopologyError(ValueError):
-    """The topology file is unreadable, malformed, or disagrees with the rank's environment."""
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    index: int
-    layers: tuple[int, int]
-    ranks: tuple[int, ...]
+__all__ = ["StageLayout", "Topology", "TopologyError", "load_topology", "parse_topology"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,7 @@ class Topology:
     serving: Serving
     dtype: Dtype
     kv_cache_dtype: Dtype
-    stages: tuple[StageSpec, ...]
+    stages: tuple[StageLayout, ...]
     deployment: str = ""
 
     @property
@@ -45,10 +43,10 @@ class Topology:
         """Raise TopologyError naming the first env value the file contradicts."""
         par = self.parallelism
         for name, have, want in (
-            ("WORLD_SIZE", env.world_size, par.world_size),
-            ("PARASERVE_PP_SIZE", env.pp_size, par.pipeline),
-            ("PARASERVE_TP_SIZE", env.tp_size, par.tensor),
-            ("PARASERVE_SP_SIZE", env.sp_size, par.sequence),
+            (WORLD_SIZE, env.world_size, par.world_size),
+            (PP_SIZE, env.pp_size, par.pipeline),
+            (TP_SIZE, env.tp_size, par.tensor),
+            (SP_SIZE, env.sp_size, par.sequence),
         ):
             if have != want:
                 raise TopologyError(f"{name}={have} but the topology file says {want}")
@@ -62,56 +60,26 @@ class Topology:
         if env.stage_layers is not None and env.stage_layers != stage.layers:
             start, end = env.stage_layers
             raise TopologyError(
-                f"PARASERVE_STAGE_LAYERS={start}:{end} but the topology file gives stage "
+                f"{STAGE_LAYERS}={start}:{end} but the topology file gives stage "
                 f"{stage.index} layers {stage.layers[0]}:{stage.layers[1]}"
             )
 
 
-def _field(data: dict[str, Any], key: str, where: str) -> Any:
-    if key not in data:
-        raise TopologyError(f"{where}: missing {key!r}")
-    return data[key]
-
-
 def parse_topology(data: Any) -> Topology:
-    """Validate the camelCase document with the api models (the single source of truth)."""
-    if not isinstance(data, dict):
-        raise TopologyError("topology: expected a JSON object")
-    model = _field(data, "model", "topology")
-    if not isinstance(model, dict):
-        raise TopologyError("topology.model: expected an object")
+    """The api's parse, plus the complete shape the worker builds real layers from."""
+    document = parse_topology_document(data)
     try:
-        shape = ModelShape.from_wire(_field(model, "architecture", "topology.model"))
-        parallelism = Parallelism.model_validate(_field(data, "parallelism", "topology"))
-        serving = Serving.model_validate(data.get("serving", {}))
-        dtype = Dtype(model.get("dtype", Dtype.BFLOAT16))
-        kv_dtype = Dtype(model.get("kvCacheDtype") or dtype)
-    except ValidationError as error:
-        raise TopologyError(f"topology: {describe_validation_error(error)}") from None
-    except (ShapeError, ValueError) as error:
+        shape = ModelShape.from_architecture(document.architecture)
+    except ShapeError as error:
         raise TopologyError(f"topology: {error}") from None
-    world = data.get("worldSize", parallelism.world_size)
-    if world != parallelism.world_size:
-        raise TopologyError(
-            f"topology: worldSize={world} but pipeline × tensor = {parallelism.world_size}"
-        )
-    stages: list[StageSpec] = []
-    for raw in data.get("stages", []):
-        try:
-            start, end = raw["layers"]
-            stages.append(
-                StageSpec(int(raw["index"]), (int(start), int(end)), tuple(map(int, raw["ranks"])))
-            )
-        except (KeyError, TypeError, ValueError):
-            raise TopologyError(f"topology.stages: malformed stage {raw!r}") from None
     return Topology(
         shape=shape,
-        parallelism=parallelism,
-        serving=serving,
-        dtype=dtype,
-        kv_cache_dtype=kv_dtype,
-        stages=tuple(stages),
-        deployment=str(data.get("deployment", "")),
+        parallelism=document.parallelism,
+        serving=document.serving,
+        dtype=document.dtype,
+        kv_cache_dtype=document.kv_cache_dtype,
+        stages=document.stages,
+        deployment=document.deployment,
     )
 
 
@@ -125,41 +93,3 @@ def load_topology(path: str | Path) -> Topology:
     except json.JSONDecodeError as error:
         raise TopologyError(f"topology file {path} is not JSON: {error}") from None
     return parse_topology(data)
-
-
-def topology_document(
-    shape_wire: dict[str, Any],
-    *,
-    pipeline: int,
-    tensor: int,
-    sequence: int,
-    max_batch_size: int,
-    max_sequence_length: int,
-    dtype: str = "float32",
-    name: str = "tiny",
-) -> dict[str, Any]:
-    """A topology file as the operator writes it (for tests and by-hand runs)."""
-    num_layers = int(shape_wire["numLayers"])
-    return {
-        "deployment": name,
-        "namespace": "default",
-        "parallelism": {"pipeline": pipeline, "tensor": tensor, "sequence": sequence},
-        "worldSize": pipeline * tensor,
-        "model": {
-            "name": name,
-            "dtype": dtype,
-            "kvCacheDtype": dtype,
-            "architecture": shape_wire,
-        },
-        "serving": {"maxBatchSize": max_batch_size, "maxSequenceLength": max_sequence_length},
-        "stages": [
-            {
-                "index": p,
-                "layers": list(stage_layers(num_layers, pipeline, p)),
-                "ranks": [p * tensor + t for t in range(tensor)],
-            }
-            for p in range(pipeline)
-        ],
-        "masterPort": 29500,
-        "service": name,
-    }

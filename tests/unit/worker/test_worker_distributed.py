@@ -54,12 +54,15 @@ def test_sharded_logits_equal_the_single_process_model(
 def test_a_rank_with_a_contradictory_env_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from paraserve.worker.env import rank_environ
+    from paraserve.api import Parallelism
+    from paraserve.api.rank_env import rank_environ
     from paraserve.worker.worker_flags import EXIT_BAD_INPUT, add_arguments, run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    environ = rank_environ(1, pipeline=2, tensor=2, sequence=2, num_layers=4) | {"RANK": "3"}
+    environ = rank_environ(Parallelism(pipeline=2, tensor=2, sequence=2), 1, num_layers=4) | {
+        "RANK": "3"
+    }
     assert run(parser.parse_args(["--tiny"]), environ) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (

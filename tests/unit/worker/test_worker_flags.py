@@ -59,9 +59,10 @@ def test_bad_configuration_is_one_line(argv: list[str], message: str) -> None:
 
 
 def test_a_model_that_cannot_be_split_is_refused() -> None:
-    from paraserve.worker.env import rank_environ
+    from paraserve.api import Parallelism
+    from paraserve.api.rank_env import rank_environ
 
-    environ = rank_environ(0, pipeline=1, tensor=8, sequence=1, num_layers=4)
+    environ = rank_environ(Parallelism(pipeline=1, tensor=8, sequence=1), 0, num_layers=4)
     with pytest.raises(ValueError, match="numAttentionHeads=4 is not divisible by tensor=8"):
         resolve(parse("--tiny"), environ, _architecture_document)
 

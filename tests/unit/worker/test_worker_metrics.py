@@ -9,8 +9,8 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from paraserve.api import InferenceDeploymentSpec
+from paraserve.api.rank_env import parse_rank_env
 from paraserve.worker.allocation import allocation_report
-from paraserve.worker.env import parse_rank_env
 from paraserve.worker.groups import form_groups
 from paraserve.worker.loadgen import LoadProfile
 from paraserve.worker.rank_metrics import MetricsServer, RankMetrics

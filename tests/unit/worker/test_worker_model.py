@@ -2,9 +2,9 @@
 
 import torch
 
+from paraserve.api.rank_env import parse_rank_env
 from paraserve.worker.device_memory import ActivationMeter
 from paraserve.worker.engine import Engine
-from paraserve.worker.env import parse_rank_env
 from paraserve.worker.groups import form_groups
 from paraserve.worker.kvcache import KVCache
 from paraserve.worker.model import StageModel

@@ -4,39 +4,15 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.builders import golden
 
-from paraserve.worker.env import parse_rank_env, rank_environ
+from paraserve.api import Parallelism
+from paraserve.api.rank_env import parse_rank_env, rank_environ
 from paraserve.worker.topology import TopologyError, load_topology, parse_topology
 
-# Exactly the document the operator mounts (ConfigMap <name>-topology, key topology.json).
-DOCUMENT = {
-    "deployment": "llama",
-    "namespace": "default",
-    "parallelism": {"pipeline": 2, "tensor": 2, "sequence": 2},
-    "worldSize": 4,
-    "model": {
-        "name": "tiny",
-        "dtype": "float32",
-        "kvCacheDtype": "float32",
-        "architecture": {
-            "numLayers": 4,
-            "hiddenSize": 64,
-            "numAttentionHeads": 4,
-            "numKeyValueHeads": 2,
-            "headDim": 16,
-            "intermediateSize": 128,
-            "vocabSize": 256,
-            "tieWordEmbeddings": False,
-        },
-    },
-    "serving": {"maxBatchSize": 4, "maxSequenceLength": 64},
-    "stages": [
-        {"index": 0, "layers": [0, 2], "ranks": [0, 1]},
-        {"index": 1, "layers": [2, 4], "ranks": [2, 3]},
-    ],
-    "masterPort": 29500,
-    "service": "llama",
-}
+# Exactly the document the operator mounts (ConfigMap <name>-topology, key topology.json);
+# the operator's render tests assert they write this very file.
+DOCUMENT = golden("topology-pp2-tp2-sp2.json")
 
 
 def test_the_operator_document_parses(tmp_path: Path) -> None:
@@ -48,17 +24,21 @@ def test_the_operator_document_parses(tmp_path: Path) -> None:
     assert topology.stages[1].layers == (2, 4) and topology.stages[1].ranks == (2, 3)
     for rank in range(4):
         topology.check(
-            parse_rank_env(rank_environ(rank, pipeline=2, tensor=2, sequence=2, num_layers=4))
+            parse_rank_env(
+                rank_environ(Parallelism(pipeline=2, tensor=2, sequence=2), rank, num_layers=4)
+            )
         )
 
 
 def test_env_that_disagrees_with_the_file_is_named() -> None:
     topology = parse_topology(DOCUMENT)
-    env = parse_rank_env(rank_environ(2, pipeline=2, tensor=2, sequence=1, num_layers=4))
+    env = parse_rank_env(
+        rank_environ(Parallelism(pipeline=2, tensor=2, sequence=1), 2, num_layers=4)
+    )
     with pytest.raises(TopologyError, match="PARASERVE_SP_SIZE=1 but the topology file says 2"):
         topology.check(env)
     env = parse_rank_env(
-        rank_environ(2, pipeline=2, tensor=2, sequence=2, num_layers=4)
+        rank_environ(Parallelism(pipeline=2, tensor=2, sequence=2), 2, num_layers=4)
         | {"PARASERVE_STAGE_LAYERS": "1:4"}
     )
     with pytest.raises(TopologyError, match="gives stage 1 layers 2:4"):

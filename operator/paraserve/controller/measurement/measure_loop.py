@@ -2,7 +2,8 @@
 
 It runs as one background task beside the reconcile workers (started when kopf starts, so only
 while this replica leads) rather than as a kopf timer, which would put a finalizer on every
-InferenceDeployment. It reads the deployments index and its own index of rank pods, and writes
+InferenceDeployment. It reads the deployments index and the rank-pod index the reconcile also
+reads (controller/rank_pods.py), and writes
 only `status.measured`, the MeetsSLO condition and (once memory was measured) the MEM column.
 """
 
@@ -33,8 +34,9 @@ from paraserve.controller.measurement.measured_status import (
     status_patch,
 )
 from paraserve.controller.measurement.metric_profiles import profile_for, read
-from paraserve.controller.measurement.scrape import ScrapeError, Target, fetch_all
-from paraserve.controller.reconciling import owned_objects
+from paraserve.controller.measurement.scrape import ScrapeError, fetch_all, metrics_url
+from paraserve.controller.rank_pods import INDEX as RANK_PODS
+from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.running.cluster_io import Cluster
 
 logger = logging.getLogger("paraserve.measure")
@@ -105,14 +107,14 @@ class Measurer:
         self.settings = settings
         self.clock = clock
         self.deployments: Mapping[Any, Iterable[Any]] = {}
-        self.targets: Mapping[Any, Iterable[Target]] = {}
+        self.rank_pods: Mapping[Any, Iterable[RankPod]] = {}
         self._history: dict[Key, History] = {}
         self._unreachable: dict[Key, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     def bind(self, indices: Mapping[str, Any]) -> None:
         self.deployments = indices["deployments"]
-        self.targets = indices["metrics_targets"]
+        self.rank_pods = indices[RANK_PODS]
 
     def start(self) -> None:
         if self.settings.interval > 0:
@@ -164,17 +166,20 @@ class Measurer:
             return False  # the reconcile reports it
         wanted = spec.parallelism.world_size
         ready = [
-            t
-            for t in self.targets.get(key, ())
-            if t.ready and t.replica < spec.replicas and t.rank < wanted
+            pod
+            for pod in self.rank_pods.get(key, ())
+            if pod.serving and pod.replica < spec.replicas and pod.rank < wanted
         ]
         history = self._history.setdefault(key, History(self.settings.window))
-        history.retain(t.uid for t in ready)
+        history.retain(pod.uid for pod in ready)
         if not ready:
             return False  # nothing is serving: the last measurement stays, with its time
         profile = profile_for(spec.metrics.profile)
         honour = self.settings.address_annotation
-        urls = [t.url(spec.metrics.port, spec.metrics.path, honour_address=honour) for t in ready]
+        urls = [
+            metrics_url(pod, spec.metrics.port, spec.metrics.path, honour_address=honour)
+            for pod in ready
+        ]
         texts = await fetch_all(session, urls, limit=limit, timeout=self.settings.timeout)
         now = self.clock()
         windows = []
@@ -233,19 +238,7 @@ class Measurer:
 
 
 def register(registry: kopf.OperatorRegistry, measurer: Measurer) -> None:
-    """The rank-pod index the loop reads, and its start and stop with the operator."""
-
-    @kopf.index(
-        "v1",
-        "pods",
-        id="metrics_targets",
-        labels={owned_objects.LABEL_DEPLOYMENT: kopf.PRESENT},
-        registry=registry,
-    )
-    def metrics_targets(body: kopf.Body, **_: Any) -> Any:
-        target = Target.from_pod(body)
-        owner = body.metadata.labels[owned_objects.LABEL_DEPLOYMENT]
-        return {(body.metadata.namespace, owner): target} if target is not None else None
+    """The loop's start and stop with the operator (the indexes it reads are the watches')."""
 
     @kopf.on.startup(id="start-measurement", registry=registry)
     async def start_measurement(**kwargs: Any) -> None:

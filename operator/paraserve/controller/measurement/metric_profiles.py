@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paraserve.api import MetricsProfile
+from paraserve.api import MetricsProfile, metric_names
 from paraserve.controller.measurement.exposition import Exposition
 
 
@@ -48,14 +48,15 @@ class RankReading:
     tokens: float | None = None
 
 
+# The names our own worker exports (the contract is in api, beside the worker's side of it).
 PARASERVE = MetricProfile(
     name=MetricsProfile.PARASERVE.value,
-    prefill_histograms=("paraserve_prefill_latency_seconds",),
-    decode_histograms=("paraserve_decode_token_latency_seconds",),
-    request_counters=("paraserve_requests_total",),
-    token_counters=("paraserve_generated_tokens_total",),
-    memory_used_gauges=("paraserve_rank_memory_used_bytes",),
-    memory_by_kind="paraserve_rank_memory_bytes",
+    prefill_histograms=(metric_names.PREFILL_LATENCY,),
+    decode_histograms=(metric_names.DECODE_TOKEN_LATENCY,),
+    request_counters=(metric_names.REQUESTS,),
+    token_counters=(metric_names.GENERATED_TOKENS,),
+    memory_used_gauges=(metric_names.MEMORY_USED,),
+    memory_by_kind=metric_names.MEMORY,
 )
 
 VLLM = MetricProfile(
@@ -109,8 +110,12 @@ def read(profile: MetricProfile, exposition: Exposition) -> RankReading:
     return RankReading(
         # A rank's memory is one figure; several series (engines) → the largest is the rank's.
         memory_used_bytes=_first(exposition, profile.memory_used_gauges, largest=True),
-        parameters_bytes=exposition.labelled(by_kind, kind="parameters") if by_kind else None,
-        kv_cache_bytes=exposition.labelled(by_kind, kind="kv_cache") if by_kind else None,
+        parameters_bytes=exposition.labelled(by_kind, kind=metric_names.KIND_PARAMETERS)
+        if by_kind
+        else None,
+        kv_cache_bytes=exposition.labelled(by_kind, kind=metric_names.KIND_KV_CACHE)
+        if by_kind
+        else None,
         kv_cache_usage=_first(exposition, profile.kv_cache_usage_gauges, largest=True),
         prefill=_first_buckets(exposition, profile.prefill_histograms),
         decode=_first_buckets(exposition, profile.decode_histograms),

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 import aiohttp
 
-from paraserve.controller.reconciling import owned_objects
-
-#: Overrides the pod IP and port, for ranks whose metrics are served elsewhere (a sidecar,
-#: a proxy, or a test harness running the rank outside its pod): ``host:port``.
-METRICS_ADDRESS_ANNOTATION: Final = "paraserve.dev/metrics-address"
+from paraserve.controller.rank_pods import RankPod
 
 #: The largest exposition read (a rank's is a few KiB; an engine's tens of KiB).
 MAX_BYTES: Final = 4 * 1024 * 1024
@@ -23,56 +18,18 @@ class ScrapeError(Exception):
     """A rank's endpoint could not be read: refused, timed out, an HTTP error, too large."""
 
 
-@dataclass(frozen=True)
-class Target:
-    """One rank pod as the measurement loop sees it."""
+def metrics_url(pod: RankPod, port: int, path: str, *, honour_address: bool = False) -> str | None:
+    """http://host:port/path of a rank; None when the pod has neither an IP nor an address yet.
 
-    name: str
-    uid: str
-    replica: int
-    rank: int
-    ready: bool
-    pod_ip: str | None
-    address: str | None  # the annotation, when set
-
-    def url(self, port: int, path: str, *, honour_address: bool = False) -> str | None:
-        """http://host:port/path; None when the pod has neither an IP nor an address yet.
-
-        The address annotation is honoured only when the operator was told to: anyone who
-        may patch pods could otherwise point the operator's requests at any host.
-        """
-        if self.address and honour_address:
-            return f"http://{self.address}{path}"
-        if not self.pod_ip:
-            return None
-        host = f"[{self.pod_ip}]" if ":" in self.pod_ip else self.pod_ip
-        return f"http://{host}:{port}{path}"
-
-    @classmethod
-    def from_pod(cls, pod: Mapping[str, Any]) -> Target | None:
-        """From a Pod object; None when it is not a rank pod."""
-        metadata = pod.get("metadata") or {}
-        labels = metadata.get("labels") or {}
-        status = pod.get("status") or {}
-        coordinates = owned_objects.replica_and_rank(labels)
-        if coordinates is None:
-            return None
-        replica, rank = coordinates
-        conditions = status.get("conditions") or []
-        ready = (
-            status.get("phase") == "Running"
-            and metadata.get("deletionTimestamp") is None
-            and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        )
-        return cls(
-            name=str(metadata.get("name", "")),
-            uid=str(metadata.get("uid", "")),
-            replica=replica,
-            rank=rank,
-            ready=ready,
-            pod_ip=status.get("podIP") or None,
-            address=(metadata.get("annotations") or {}).get(METRICS_ADDRESS_ANNOTATION) or None,
-        )
+    The address annotation is honoured only when the operator was told to: anyone who
+    may patch pods could otherwise point the operator's requests at any host.
+    """
+    if pod.metrics_address and honour_address:
+        return f"http://{pod.metrics_address}{path}"
+    if not pod.pod_ip:
+        return None
+    host = f"[{pod.pod_ip}]" if ":" in pod.pod_ip else pod.pod_ip
+    return f"http://{host}:{port}{path}"
 
 
 async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> str:

@@ -20,8 +20,9 @@ from paraserve.api import (
     RanksStatus,
     memory_column,
 )
-from paraserve.controller.reconciling import owned_objects
-from paraserve.controller.reconciling.gang import Decision, GangState, ObservedPod
+from paraserve.api.labels import LABEL_DEPLOYMENT
+from paraserve.controller.rank_pods import RankPod
+from paraserve.controller.reconciling.gang import Decision, GangState
 
 #: Consecutive failures of one replica after which the deployment shows Failed (it still retries).
 FAILED_AFTER_ATTEMPTS: Final = 5
@@ -41,7 +42,7 @@ class Observation:
     plan: Plan | None
     rejection: Finding | None
     decision: Decision | None
-    pods: Sequence[ObservedPod]
+    pods: Sequence[RankPod]
     state: GangState
     gpus_free: int | None
 
@@ -55,7 +56,7 @@ class Counts:
     ready: int
 
 
-def count_ranks(spec: InferenceDeploymentSpec, pods: Sequence[ObservedPod]) -> Counts:
+def count_ranks(spec: InferenceDeploymentSpec, pods: Sequence[RankPod]) -> Counts:
     """Ranks of the desired replicas, whatever template they run."""
     world_size = spec.parallelism.world_size
     wanted = [p for p in pods if p.replica < spec.replicas and p.rank < world_size and not p.broken]
@@ -194,7 +195,7 @@ def desired_status(obs: Observation, current: Mapping[str, Any], now: str) -> di
         "observedGeneration": obs.generation,
         "phase": phase.value,
         "restarts": obs.state.restarts,
-        "selector": f"{owned_objects.LABEL_DEPLOYMENT}={obs.name}",
+        "selector": f"{LABEL_DEPLOYMENT}={obs.name}",
         "replicas": len({p.replica for p in obs.pods if not p.terminating}),
     }
     spec, plan = obs.spec, obs.plan

@@ -9,116 +9,14 @@ after an exponential back-off, recreated. The state that must survive an operato
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from paraserve.controller.reconciling import owned_objects
+from paraserve.controller.rank_pods import RankPod
 
 GANG_ANNOTATION: Final = "paraserve.dev/gang"
-
-# Phases in which a rank will never run again (restartPolicy Never).
-_ENDED: Final = ("Failed", "Succeeded")
-
-
-@dataclass(frozen=True)
-class ObservedPod:
-    """What the controller needs to know of one rank pod (kept in an in-memory index)."""
-
-    name: str
-    uid: str
-    replica: int
-    rank: int
-    template_hash: str
-    phase: str = "Pending"
-    ready: bool = False
-    node: str | None = None
-    terminating: bool = False
-    reason: str = ""
-    # uid of the deployment that owns the pod; a deleted namesake's pods are not ours.
-    owner_uid: str = ""
-    # The node its group was placed on by the operator (before the scheduler binds it).
-    planned_node: str | None = None
-    # Since when (epoch seconds) the scheduler has found no node for it, if it has not.
-    unschedulable_since: float | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.phase == "Running" and not self.terminating
-
-    @property
-    def broken(self) -> bool:
-        """The rank is gone for good: its gang cannot heal."""
-        return self.phase in _ENDED or self.terminating
-
-    def stuck(self, now: float, after: float) -> bool:
-        """Unschedulable for longer than `after`: its gang holds GPUs it cannot use."""
-        since = self.unschedulable_since
-        return not self.node and since is not None and now - since > after
-
-    @property
-    def why(self) -> str:
-        if self.unschedulable_since is not None and not self.node and not self.broken:
-            return f"pod {self.name} could not be scheduled"
-        if self.terminating:
-            return f"pod {self.name} was deleted"
-        if self.reason == "Evicted":
-            return f"pod {self.name} was evicted"
-        return f"pod {self.name} {self.phase.lower()}" + (
-            f" ({self.reason})" if self.reason else ""
-        )
-
-    @classmethod
-    def from_pod(cls, pod: Mapping[str, Any]) -> ObservedPod | None:
-        """From a Pod object; None when it does not carry our rank labels."""
-        metadata = pod.get("metadata") or {}
-        labels = metadata.get("labels") or {}
-        status = pod.get("status") or {}
-        coordinates = owned_objects.replica_and_rank(labels)
-        if coordinates is None:
-            return None
-        replica, rank = coordinates
-        conditions = status.get("conditions") or []
-        owners = [o for o in metadata.get("ownerReferences") or [] if o.get("controller")]
-        unschedulable = next(
-            (
-                c.get("lastTransitionTime")
-                for c in conditions
-                if c.get("type") == "PodScheduled"
-                and c.get("status") == "False"
-                and c.get("reason") == "Unschedulable"
-            ),
-            None,
-        )
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        return cls(
-            name=str(metadata.get("name", "")),
-            uid=str(metadata.get("uid", "")),
-            replica=replica,
-            rank=rank,
-            template_hash=str(labels.get(owned_objects.LABEL_TEMPLATE_HASH, "")),
-            phase=str(status.get("phase") or "Pending"),
-            ready=ready,
-            node=(pod.get("spec") or {}).get("nodeName"),
-            terminating=metadata.get("deletionTimestamp") is not None,
-            reason=str(status.get("reason") or ""),
-            owner_uid=str(owners[0].get("uid", "")) if owners else "",
-            planned_node=(metadata.get("annotations") or {}).get(
-                owned_objects.PLANNED_NODE_ANNOTATION
-            ),
-            unschedulable_since=_epoch(unschedulable),
-        )
-
-
-def _epoch(timestamp: Any) -> float | None:
-    if not isinstance(timestamp, str):
-        return None
-    try:
-        return datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -213,7 +111,7 @@ class Decision:
 
     state: GangState
     state_changed: bool
-    delete: tuple[ObservedPod, ...] = ()
+    delete: tuple[RankPod, ...] = ()
     # (replica, ranks) to create; ranks None means the whole replica.
     create: tuple[tuple[int, tuple[int, ...] | None], ...] = ()
     events: tuple[Event, ...] = ()
@@ -227,7 +125,7 @@ class Decision:
 class _Builder:
     replicas: dict[int, ReplicaState]
     restarts: int
-    delete: list[ObservedPod] = field(default_factory=list)
+    delete: list[RankPod] = field(default_factory=list)
     create: list[tuple[int, tuple[int, ...] | None]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue: list[float] = field(default_factory=list)
@@ -235,8 +133,8 @@ class _Builder:
     restarting: list[int] = field(default_factory=list)
 
 
-def group_by_replica(pods: Iterable[ObservedPod]) -> dict[int, list[ObservedPod]]:
-    grouped: dict[int, list[ObservedPod]] = {}
+def group_by_replica(pods: Iterable[RankPod]) -> dict[int, list[RankPod]]:
+    grouped: dict[int, list[RankPod]] = {}
     for pod in pods:
         grouped.setdefault(pod.replica, []).append(pod)
     for members in grouped.values():
@@ -249,7 +147,7 @@ def decide(
     desired_replicas: int,
     world_size: int,
     template_hash: str,
-    pods: Iterable[ObservedPod],
+    pods: Iterable[RankPod],
     state: GangState,
     now: float,
     fits: Callable[[int, int], bool],
@@ -338,7 +236,7 @@ def decide(
 def _continue_recreation(
     b: _Builder,
     r: int,
-    members: list[ObservedPod],
+    members: list[RankPod],
     current: ReplicaState,
     now: float,
     to_create: list[int],
@@ -358,7 +256,7 @@ def _continue_recreation(
 def _restart(
     b: _Builder,
     r: int,
-    members: list[ObservedPod],
+    members: list[RankPod],
     current: ReplicaState,
     now: float,
     backoff: Backoff,
@@ -383,13 +281,13 @@ def _restart(
     )
 
 
-def _outdated(members: Iterable[ObservedPod], template_hash: str) -> bool:
+def _outdated(members: Iterable[RankPod], template_hash: str) -> bool:
     return any(p.template_hash != template_hash for p in members)
 
 
 def _roll_one(
     b: _Builder,
-    by_replica: Mapping[int, list[ObservedPod]],
+    by_replica: Mapping[int, list[RankPod]],
     desired_replicas: int,
     world_size: int,
     template_hash: str,

@@ -9,24 +9,28 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from paraserve.api import API_VERSION, KIND, InferenceDeploymentSpec, Stage
-from paraserve.planner.topology import Rank, ranks
+from paraserve.api.labels import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_PP_RANK,
+    LABEL_RANK,
+    LABEL_REPLICA,
+    LABEL_TEMPLATE_HASH,
+    LABEL_TP_GROUP,
+    LABEL_TP_RANK,
+    MANAGER,
+    PLANNED_NODE_ANNOTATION,
+)
+from paraserve.api.rank_env import DEFAULT_MASTER_PORT, rank_environ
+from paraserve.api.topology import Rank, ranks
+from paraserve.api.topology_document import (
+    TOPOLOGY_DIR,
+    TOPOLOGY_KEY,
+    TOPOLOGY_PATH,
+    topology_document,
+)
 
-# Labels every owned object carries; the pod ones locate a rank in its gang.
-LABEL_DEPLOYMENT: Final = "paraserve.dev/deployment"
-LABEL_REPLICA: Final = "paraserve.dev/replica"
-LABEL_RANK: Final = "paraserve.dev/rank"
-LABEL_PP_RANK: Final = "paraserve.dev/pp-rank"
-LABEL_TP_RANK: Final = "paraserve.dev/tp-rank"
-LABEL_TP_GROUP: Final = "paraserve.dev/tp-group"
-LABEL_TEMPLATE_HASH: Final = "paraserve.dev/template-hash"
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-PLANNED_NODE_ANNOTATION: Final = "paraserve.dev/node"
-MANAGER: Final = "paraserve-operator"
-
-MASTER_PORT: Final = 29500
-TOPOLOGY_DIR: Final = "/etc/paraserve"
-TOPOLOGY_KEY: Final = "topology.json"
-TOPOLOGY_PATH: Final = f"{TOPOLOGY_DIR}/{TOPOLOGY_KEY}"
+MASTER_PORT: Final = DEFAULT_MASTER_PORT
 CONTAINER_NAME: Final = "rank"
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 
@@ -121,34 +125,22 @@ def template_hash(spec: InferenceDeploymentSpec, default_image: str) -> str:
 
 
 def rank_env(
-    owner: Owner, spec: InferenceDeploymentSpec, stages: Sequence[Stage], replica: int, rank: Rank
+    owner: Owner, spec: InferenceDeploymentSpec, replica: int, rank: Rank
 ) -> list[dict[str, Any]]:
-    """The environment contract of DESIGN.md, then the user's own variables."""
-    parallelism = spec.parallelism
-    values: list[tuple[str, str]] = [
-        ("WORLD_SIZE", str(parallelism.world_size)),
-        ("RANK", str(rank.rank)),
-        ("LOCAL_RANK", "0"),
-        ("LOCAL_WORLD_SIZE", "1"),
-        ("MASTER_ADDR", master_addr(owner.name, owner.namespace, replica)),
-        ("MASTER_PORT", str(MASTER_PORT)),
-        ("PARASERVE_PP_SIZE", str(parallelism.pipeline)),
-        ("PARASERVE_TP_SIZE", str(parallelism.tensor)),
-        ("PARASERVE_SP_SIZE", str(parallelism.sequence)),
-        ("PARASERVE_PP_RANK", str(rank.pp_rank)),
-        ("PARASERVE_TP_RANK", str(rank.tp_rank)),
-        ("PARASERVE_SP_RANK", str(rank.sp_rank)),
-    ]
-    layers = stages[rank.pp_rank].layers if rank.pp_rank < len(stages) else None
-    if layers is not None:
-        values.append(("PARASERVE_STAGE_LAYERS", f"{layers[0]}:{layers[1]}"))
-    values += [
-        ("PARASERVE_REPLICA", str(replica)),
-        ("PARASERVE_TOPOLOGY", TOPOLOGY_PATH),
-        ("PARASERVE_METRICS_PORT", str(spec.metrics.port)),
-        ("PARASERVE_METRICS_PATH", spec.metrics.path),
-    ]
-    env = [{"name": name, "value": value} for name, value in values]
+    """The rank environment contract (paraserve.api.rank_env), then the user's own variables."""
+    architecture = spec.model.architecture
+    values = rank_environ(
+        spec.parallelism,
+        rank.rank,
+        num_layers=architecture.num_layers if architecture is not None else None,
+        replica=replica,
+        master_addr=master_addr(owner.name, owner.namespace, replica),
+        master_port=MASTER_PORT,
+        topology_path=TOPOLOGY_PATH,
+        metrics_port=spec.metrics.port,
+        metrics_path=spec.metrics.path,
+    )
+    env = [{"name": name, "value": value} for name, value in values.items()]
     return env + [dict(variable) for variable in spec.worker.env]
 
 
@@ -217,7 +209,6 @@ def _affinity(deployment: str, replica: int, rank: Rank) -> dict[str, Any]:
 def rank_pod(
     owner: Owner,
     spec: InferenceDeploymentSpec,
-    stages: Sequence[Stage],
     replica: int,
     rank: Rank,
     *,
@@ -233,7 +224,7 @@ def rank_pod(
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.worker.image or default_image,
-        "env": rank_env(owner, spec, stages, replica, rank),
+        "env": rank_env(owner, spec, replica, rank),
         "resources": _resources(spec),
         "ports": [
             {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"},
@@ -295,7 +286,6 @@ def rank_pod(
 def replica_pods(
     owner: Owner,
     spec: InferenceDeploymentSpec,
-    stages: Sequence[Stage],
     replica: int,
     *,
     hash_: str,
@@ -312,7 +302,6 @@ def replica_pods(
         rank_pod(
             owner,
             spec,
-            stages,
             replica,
             rank,
             hash_=hash_,
@@ -360,41 +349,15 @@ def headless_service(owner: Owner, spec: InferenceDeploymentSpec) -> dict[str, A
 def topology(
     owner: Owner, spec: InferenceDeploymentSpec, stages: Sequence[Stage]
 ) -> dict[str, Any]:
-    """The topology document every rank reads (the worker's contract)."""
-    model: dict[str, Any] = {
-        "name": spec.model.name,
-        "dtype": spec.model.dtype.value,
-        "kvCacheDtype": spec.model.kv_dtype.value,
-    }
-    if spec.model.architecture is not None:
-        model["architecture"] = spec.model.architecture.model_dump(
-            mode="json", by_alias=True, exclude_none=True
-        )
-    return {
-        "deployment": owner.name,
-        "namespace": owner.namespace,
-        "parallelism": {
-            "pipeline": spec.parallelism.pipeline,
-            "tensor": spec.parallelism.tensor,
-            "sequence": spec.parallelism.sequence,
-        },
-        "worldSize": spec.parallelism.world_size,
-        "model": model,
-        "serving": {
-            "maxBatchSize": spec.serving.max_batch_size,
-            "maxSequenceLength": spec.serving.max_sequence_length,
-        },
-        "stages": [
-            {
-                "index": stage.index,
-                "layers": list(stage.layers) if stage.layers is not None else None,
-                "ranks": list(stage.ranks),
-            }
-            for stage in stages
-        ],
-        "masterPort": MASTER_PORT,
-        "service": service_name(owner.name),
-    }
+    """The topology document every rank reads (paraserve.api.topology_document)."""
+    return topology_document(
+        owner.name,
+        owner.namespace,
+        spec,
+        stages,
+        service=service_name(owner.name),
+        master_port=MASTER_PORT,
+    )
 
 
 def topology_configmap(

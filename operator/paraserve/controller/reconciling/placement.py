@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from paraserve.controller.reconciling.owned_objects import (
-    PLANNED_NODE_ANNOTATION as NODE_ANNOTATION,
-)
+from paraserve.api.labels import PLANNED_NODE_ANNOTATION
 from paraserve.planner import Pool, pod_gpu_request
 
 
@@ -27,7 +25,7 @@ def free_by_node(pool: Pool, pods: Iterable[Mapping[str, Any]], resource: str) -
     for pod in pods:
         spec = pod.get("spec") or {}
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        target = annotations.get(NODE_ANNOTATION)
+        target = annotations.get(PLANNED_NODE_ANNOTATION)
         if spec.get("nodeName") or target not in free:
             continue
         free[target] = max(0, free[target] - pod_gpu_request(spec, resource))

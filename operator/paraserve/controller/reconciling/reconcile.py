@@ -26,6 +26,8 @@ from paraserve.api import (
     Plan,
     describe_validation_error,
 )
+from paraserve.api.labels import LABEL_DEPLOYMENT
+from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling import owned_objects, placement
 from paraserve.controller.reconciling.deployment_status import (
     Observation,
@@ -39,7 +41,6 @@ from paraserve.controller.reconciling.gang import (
     Backoff,
     Decision,
     GangState,
-    ObservedPod,
     decide,
 )
 from paraserve.controller.running.cluster_io import Cluster
@@ -93,7 +94,7 @@ class Views:
     def all_gpu_pods(self) -> list[dict[str, Any]]:
         return list(self.gpu_pods.get(ALL, ()))
 
-    def ranks_of(self, key: Key) -> list[ObservedPod]:
+    def ranks_of(self, key: Key) -> list[RankPod]:
         return list(self.rank_pods.get(key, ()))
 
 
@@ -219,8 +220,7 @@ class Reconciler:
             for pod in self.views.all_gpu_pods()
             if not (
                 pod["metadata"].get("namespace") == namespace
-                and (pod["metadata"].get("labels") or {}).get(owned_objects.LABEL_DEPLOYMENT)
-                == name
+                and (pod["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT) == name
             )
         ]
         return Pool.from_objects(self.views.all_nodes(), others, spec)
@@ -230,7 +230,7 @@ class Reconciler:
         key: Key,
         spec: InferenceDeploymentSpec,
         pool: Pool,
-        pods: list[ObservedPod],
+        pods: list[RankPod],
         state: GangState,
     ) -> tuple[Decision, dict[int, dict[int, str]]]:
         """The gang decision, and the node of each tensor-parallel group it creates (if pinned)."""
@@ -356,7 +356,6 @@ class Reconciler:
                 for pod in owned_objects.replica_pods(
                     owner,
                     spec,
-                    verdict.stages,
                     replica,
                     hash_=hash_,
                     default_image=self.settings.default_image,

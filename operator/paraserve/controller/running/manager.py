@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from paraserve.api import Phase
+from paraserve.controller import rank_pods
 from paraserve.controller.reconciling.reconcile import CONFLICT_RETRY, Key, Reconciler, Views
 from paraserve.controller.running.cluster_io import ApiError
 from paraserve.controller.running.operator_metrics import OperatorMetrics
@@ -50,7 +51,7 @@ class Manager:
         self.views.deployments = indices["deployments"]
         self.views.nodes = indices["nodes"]
         self.views.gpu_pods = indices["gpu_pods"]
-        self.views.rank_pods = indices["rank_pods"]
+        self.views.rank_pods = indices[rank_pods.INDEX]
 
     def start(self) -> None:
         workers = max(1, self.reconciler.settings.workers)

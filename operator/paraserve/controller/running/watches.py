@@ -13,8 +13,9 @@ from typing import Any, Final
 import kopf
 
 from paraserve.api import GROUP, PLURAL, VERSION
-from paraserve.controller.reconciling import owned_objects
-from paraserve.controller.reconciling.gang import GANG_ANNOTATION, ObservedPod
+from paraserve.api.labels import LABEL_DEPLOYMENT, PLANNED_NODE_ANNOTATION
+from paraserve.controller import rank_pods
+from paraserve.controller.reconciling.gang import GANG_ANNOTATION
 from paraserve.controller.reconciling.reconcile import ALL
 from paraserve.controller.running.manager import Manager
 
@@ -94,7 +95,7 @@ def gpu_pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
             "annotations": {
                 k: v
                 for k, v in (metadata.get("annotations") or {}).items()
-                if k == owned_objects.PLANNED_NODE_ANNOTATION
+                if k == PLANNED_NODE_ANNOTATION
             },
         },
         "spec": {
@@ -122,17 +123,16 @@ def register(registry: kopf.OperatorRegistry, manager: Manager) -> None:
         view = gpu_pod_view(body)
         return {ALL: view} if view is not None else None
 
+    # One index of rank pods: the gang logic and the measurement loop both read it.
     @kopf.index(
         "v1",
         "pods",
-        id="rank_pods",
-        labels={owned_objects.LABEL_DEPLOYMENT: kopf.PRESENT},
+        id=rank_pods.INDEX,
+        labels={rank_pods.SELECTOR: kopf.PRESENT},
         registry=registry,
     )
-    def rank_pods(body: kopf.Body, **_: Any) -> Any:
-        pod = ObservedPod.from_pod(body)
-        owner = body.metadata.labels[owned_objects.LABEL_DEPLOYMENT]
-        return {(body.metadata.namespace, owner): pod} if pod is not None else None
+    def rank_pods_index(body: kopf.Body, **_: Any) -> Any:
+        return rank_pods.index_entry(body)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="deployment-changed", registry=registry)
     def deployment_changed(body: kopf.Body, **_: Any) -> None:
@@ -140,7 +140,7 @@ def register(registry: kopf.OperatorRegistry, manager: Manager) -> None:
 
     @kopf.on.event("v1", "pods", id="pod-changed", registry=registry)
     def pod_changed(body: kopf.Body, **_: Any) -> None:
-        owner = body.metadata.labels.get(owned_objects.LABEL_DEPLOYMENT)
+        owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
         if owner:
             manager.enqueue((str(body.metadata.namespace), owner))
         if _requests_accelerators(body.get("spec") or {}):

@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 import pytest
+from tests.builders import review_document
 
 from paraserve.controller.admission.review import (
     HANDLER_ID,
@@ -31,20 +32,7 @@ REVIEW_MESSAGE = (
 
 def raw_spec(**changes: Any) -> dict[str, Any]:
     """The review's coarse scenario, PP=4 × TP=2 × SP=2, as a user writes it."""
-    document: dict[str, Any] = {
-        "model": {
-            "name": "meta-llama/Llama-2-70b-hf",
-            "dtype": "float16",
-            "parameters": "70B",
-            "architecture": {"numLayers": 80, "numAttentionHeads": 64, "numKeyValueHeads": 8},
-        },
-        "parallelism": {"pipeline": 4, "tensor": 2, "sequence": 2},
-        "gpu": {"memory": "80G", "maxMemoryUtilization": 0.85},
-        "memory": {"overheadPerGpu": "16.75G"},
-        "placement": {"nodeSelector": dict(POOL)},
-    }
-    document.update(changes)
-    return document
+    return review_document(**({"gpu": {"memory": "80G", "maxMemoryUtilization": 0.85}} | changes))
 
 
 def node(name: str = "gpu-node-0", gpus: int = 8) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from aiohttp import web
 from expositions import PARASERVE, VLLM
 
 from paraserve.api import SloSpec
+from paraserve.api.labels import METRICS_ADDRESS_ANNOTATION
 from paraserve.controller.measurement.measure_loop import Measurer, MeasureSettings
 from paraserve.controller.measurement.measured_status import (
     History,
@@ -27,7 +28,9 @@ from paraserve.controller.measurement.measured_status import (
     status_patch,
 )
 from paraserve.controller.measurement.metric_profiles import RankReading
-from paraserve.controller.measurement.scrape import METRICS_ADDRESS_ANNOTATION, Target
+from paraserve.controller.measurement.scrape import metrics_url
+from paraserve.controller.rank_pods import INDEX as RANK_PODS
+from paraserve.controller.rank_pods import RankPod
 
 INF = math.inf
 NOW = datetime.datetime(2026, 1, 1, 0, 10, tzinfo=datetime.UTC)
@@ -193,20 +196,46 @@ def test_target_address_annotation_overrides_the_pod_ip() -> None:
             "conditions": [{"type": "Ready", "status": "True"}],
         },
     }
-    target = Target.from_pod(pod)
-    assert target is not None and target.ready
-    assert target.url(9400, "/metrics") == "http://127.0.0.7:9400/metrics"
+    target = RankPod.from_pod(pod)
+    assert target is not None and target.serving
+    assert metrics_url(target, 9400, "/metrics") == "http://127.0.0.7:9400/metrics"
     pod["metadata"]["annotations"] = {METRICS_ADDRESS_ANNOTATION: "127.0.0.1:9555"}
-    annotated = Target.from_pod(pod)
+    annotated = RankPod.from_pod(pod)
     assert annotated is not None
     # Only an operator told to trust the annotation follows it; by default the pod IP stands.
-    assert annotated.url(9400, "/metrics") == "http://127.0.0.7:9400/metrics"
-    assert annotated.url(9400, "/metrics", honour_address=True) == "http://127.0.0.1:9555/metrics"
+    assert metrics_url(annotated, 9400, "/metrics") == "http://127.0.0.7:9400/metrics"
+    assert (
+        metrics_url(annotated, 9400, "/metrics", honour_address=True)
+        == "http://127.0.0.1:9555/metrics"
+    )
     pod["status"]["conditions"] = []
-    assert not Target.from_pod(pod).ready  # type: ignore[union-attr]
+    assert not RankPod.from_pod(pod).serving  # type: ignore[union-attr]
 
 
 # -- the loop against real endpoints --------------------------------------------------------
+
+
+def running(
+    name: str,
+    uid: str,
+    replica: int,
+    rank: int,
+    ready: bool,
+    pod_ip: str | None,
+    address: str | None,
+) -> RankPod:
+    """A running rank pod, Ready or not, as the rank-pod index holds it."""
+    return RankPod(
+        name=name,
+        uid=uid,
+        replica=replica,
+        rank=rank,
+        template_hash="h",
+        phase="Running",
+        ready=ready,
+        pod_ip=pod_ip,
+        metrics_address=address,
+    )
 
 
 class RecordingCluster:
@@ -252,15 +281,15 @@ async def _measure_once(text: str, spec: dict[str, Any]) -> list[dict[str, Any]]
     await site.start()
     port = runner.addresses[0][1]
     targets = [
-        Target("d-0-0", "u0", 0, 0, True, None, f"127.0.0.1:{port}"),
-        Target("d-0-1", "u1", 0, 1, True, None, f"127.0.0.1:{_closed_port()}"),
-        Target("d-0-2", "u2", 0, 2, True, "127.0.0.9", None),  # rank ≥ world size: ignored
+        running("d-0-0", "u0", 0, 0, True, None, f"127.0.0.1:{port}"),
+        running("d-0-1", "u1", 0, 1, True, None, f"127.0.0.1:{_closed_port()}"),
+        running("d-0-2", "u2", 0, 2, True, "127.0.0.9", None),  # rank ≥ world size: ignored
     ]
     body = _deployment({"prefillP99": "1s"})
     body["spec"].update(spec)
     cluster = RecordingCluster()
     measurer = Measurer(cluster, MeasureSettings(timeout=2, address_annotation=True))  # type: ignore[arg-type]
-    measurer.bind({"deployments": {("ns", "d"): [body]}, "metrics_targets": {("ns", "d"): targets}})
+    measurer.bind({"deployments": {("ns", "d"): [body]}, RANK_PODS: {("ns", "d"): targets}})
     try:
         async with aiohttp.ClientSession() as session:
             assert await measurer.measure(("ns", "d"), session, asyncio.Semaphore(2))
@@ -314,11 +343,11 @@ def test_nothing_is_scraped_or_written_without_ready_ranks_of_a_planned_deployme
         body["status"]["phase"] = phase
         cluster = RecordingCluster()
         measurer = Measurer(cluster, MeasureSettings(timeout=0.5))  # type: ignore[arg-type]
-        target = Target("d-0-0", "u0", 0, 0, ready, "127.255.255.1", None)
+        target = running("d-0-0", "u0", 0, 0, ready, "127.255.255.1", None)
         measurer.bind(
             {
                 "deployments": {("ns", "d"): [body]},
-                "metrics_targets": {("ns", "d"): [target]},
+                RANK_PODS: {("ns", "d"): [target]},
             }
         )
         async with aiohttp.ClientSession() as session:

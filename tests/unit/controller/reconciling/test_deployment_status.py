@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.builders import review_spec
+
 from paraserve.api import Finding, InferenceDeploymentSpec
+from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling.deployment_status import (
     Observation,
     desired_status,
@@ -12,33 +15,27 @@ from paraserve.controller.reconciling.deployment_status import (
     phase_of,
     status_patch,
 )
-from paraserve.controller.reconciling.gang import Decision, GangState, ObservedPod, ReplicaState
+from paraserve.controller.reconciling.gang import Decision, GangState, ReplicaState
 from paraserve.planner import Pool, plan
 
 NOW = "2026-01-01T00:00:00Z"
 
 
-def spec(**changes: Any) -> InferenceDeploymentSpec:
-    document: dict[str, Any] = {
-        "model": {"name": "m", "dtype": "float16", "parameters": "70B",
-                  "architecture": {"numLayers": 80}},
-        "parallelism": {"pipeline": 4, "tensor": 2, "sequence": 2},
-        "gpu": {"memory": "80G"},
-        "memory": {"overheadPerGpu": "16.75G"},
-    }  # fmt: skip
-    document.update(changes)
-    return InferenceDeploymentSpec.model_validate(document)
+def spec() -> InferenceDeploymentSpec:
+    """The review's scenario on a pool of any node (the test's one node carries no pool label)."""
+    return review_spec(model={"name": "m", "dtype": "float16", "parameters": "70B",
+                              "architecture": {"numLayers": 80}}, placement={})  # fmt: skip
 
 
-def pods(n: int = 8, **kw: Any) -> list[ObservedPod]:
+def pods(n: int = 8, **kw: Any) -> list[RankPod]:
     base: dict[str, Any] = {"phase": "Running", "ready": True, "node": "n0", "template_hash": "h"}
     base.update(kw)
-    return [ObservedPod(name=f"d-0-{k}", uid=str(k), replica=0, rank=k, **base) for k in range(n)]
+    return [RankPod(name=f"d-0-{k}", uid=str(k), replica=0, rank=k, **base) for k in range(n)]
 
 
 def observe(
     the_spec: InferenceDeploymentSpec | None = None,
-    observed: list[ObservedPod] | None = None,
+    observed: list[RankPod] | None = None,
     rejection: Finding | None = None,
     decision: Decision | None = None,
     state: GangState = GangState(),  # noqa: B008
@@ -162,7 +159,7 @@ def test_progress_only_patches_are_recognised():
 
     current = desired_status(observe(observed=pods(ready=False)), {}, NOW)
     some_ready = [
-        p if p.rank > 3 else ObservedPod(**{**p.__dict__, "ready": True}) for p in pods(ready=False)
+        p if p.rank > 3 else RankPod(**{**p.__dict__, "ready": True}) for p in pods(ready=False)
     ]
     progress = status_patch(current, desired_status(observe(observed=some_ready), current, NOW))
     assert set(progress) == {"ranks", "conditions"} and is_progress_only(current, progress)

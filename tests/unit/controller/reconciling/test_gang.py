@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling.gang import (
     Backoff,
     GangState,
-    ObservedPod,
     ReplicaState,
     decide,
 )
@@ -15,7 +15,7 @@ from paraserve.controller.reconciling.gang import (
 HASH = "new"
 
 
-def pod(replica: int, rank: int, **kw: Any) -> ObservedPod:
+def pod(replica: int, rank: int, **kw: Any) -> RankPod:
     defaults: dict[str, Any] = {
         "phase": "Running",
         "ready": True,
@@ -23,7 +23,7 @@ def pod(replica: int, rank: int, **kw: Any) -> ObservedPod:
         "template_hash": HASH,
     }
     defaults.update(kw)
-    return ObservedPod(
+    return RankPod(
         name=f"d-{replica}-{rank}",
         uid=f"u-{replica}-{rank}",
         replica=replica,
@@ -32,7 +32,7 @@ def pod(replica: int, rank: int, **kw: Any) -> ObservedPod:
     )
 
 
-def replica(r: int, world: int = 4, **kw: Any) -> list[ObservedPod]:
+def replica(r: int, world: int = 4, **kw: Any) -> list[RankPod]:
     return [pod(r, k, **kw) for k in range(world)]
 
 
@@ -40,7 +40,7 @@ def formed(*replicas: int) -> GangState:
     return GangState(replicas={r: ReplicaState(formed=True, formed_at=0.0) for r in replicas})
 
 
-def run(pods: list[ObservedPod], state: GangState = GangState(), **kw: Any):  # noqa: B008
+def run(pods: list[RankPod], state: GangState = GangState(), **kw: Any):  # noqa: B008
     args: dict[str, Any] = {
         "desired_replicas": 1,
         "world_size": 4,
@@ -176,43 +176,6 @@ def test_gang_state_round_trips_and_tolerates_garbage():
     assert GangState.parse(None) == GangState()
 
 
-def test_observed_pod_from_a_pod_object():
-    body = {
-        "metadata": {
-            "name": "d-0-1",
-            "uid": "u",
-            "labels": {
-                "paraserve.dev/replica": "0",
-                "paraserve.dev/rank": "1",
-                "paraserve.dev/template-hash": "h",
-            },
-            "deletionTimestamp": "2026-01-01T00:00:00Z",
-        },
-        "spec": {"nodeName": "n1"},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
-    }
-    observed = ObservedPod.from_pod(body)
-    assert observed is not None
-    assert (observed.replica, observed.rank, observed.node) == (0, 1, "n1")
-    assert observed.ready and observed.terminating and observed.broken
-    assert ObservedPod.from_pod({"metadata": {"labels": {}}}) is None
-
-
-def test_observed_pod_knows_its_controller():
-    body = {
-        "metadata": {
-            "name": "d-0-0",
-            "labels": {"paraserve.dev/replica": "0", "paraserve.dev/rank": "0"},
-            "ownerReferences": [
-                {"uid": "other", "controller": False},
-                {"uid": "mine", "controller": True},
-            ],
-        },
-    }
-    observed = ObservedPod.from_pod(body)
-    assert observed is not None and observed.owner_uid == "mine"
-
-
 def test_a_rank_unschedulable_for_too_long_fails_its_gang():
     stuck = pod(0, 3, node=None, phase="Pending", ready=False, unschedulable_since=900.0)
     pods = [*replica(0)[:3], stuck]
@@ -220,27 +183,3 @@ def test_a_rank_unschedulable_for_too_long_fails_its_gang():
     decision = run(pods, unschedulable_after=60)
     assert len(decision.delete) == 4 and decision.state.restarts == 1
     assert "could not be scheduled" in decision.events[0].message
-
-
-def test_observed_pod_reads_placement_and_unschedulable_time():
-    body = {
-        "metadata": {
-            "name": "d-0-0",
-            "labels": {"paraserve.dev/replica": "0", "paraserve.dev/rank": "0"},
-            "annotations": {"paraserve.dev/node": "gpu-1"},
-        },
-        "status": {
-            "phase": "Pending",
-            "conditions": [
-                {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "lastTransitionTime": "1970-01-01T00:01:40Z",
-                }
-            ],
-        },
-    }
-    observed = ObservedPod.from_pod(body)
-    assert observed is not None
-    assert observed.planned_node == "gpu-1" and observed.unschedulable_since == 100.0

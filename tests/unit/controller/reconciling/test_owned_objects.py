@@ -6,38 +6,30 @@ import json
 from typing import Any
 
 import pytest
+from tests.builders import TINY_ARCHITECTURE, golden
 
 from paraserve.api import InferenceDeploymentSpec, Plan
 from paraserve.controller.reconciling import owned_objects
 from paraserve.planner import Pool, plan
+from tests import builders
 
 OWNER = owned_objects.Owner(name="llama", namespace="default", uid="1234-abcd")
 IMAGE = "registry.example/paraserve:test"
 
 
+# What a user adds to the review's scenario to run their own rank image.
+WORKER = {
+    "image": "worker:1",
+    "command": ["paraserve", "worker"],
+    "args": ["--serve"],
+    "env": [{"name": "HF_HOME", "value": "/cache"}],
+    "resources": {"requests": {"cpu": "4", "memory": "32Gi"}},
+}
+
+
 def review_spec(**changes: Any) -> InferenceDeploymentSpec:
-    document: dict[str, Any] = {
-        "model": {
-            "name": "meta-llama/Llama-2-70b-hf",
-            "dtype": "float16",
-            "parameters": "70B",
-            "architecture": {"numLayers": 80, "numAttentionHeads": 64, "numKeyValueHeads": 8},
-        },
-        "parallelism": {"pipeline": 4, "tensor": 2, "sequence": 2},
-        "gpu": {"memory": "80G"},
-        "memory": {"overheadPerGpu": "16.75G"},
-        "placement": {"nodeSelector": {"paraserve.dev/pool": "a100-80g"}},
-        "worker": {
-            "image": "worker:1",
-            "command": ["paraserve", "worker"],
-            "args": ["--serve"],
-            "env": [{"name": "HF_HOME", "value": "/cache"}],
-            "resources": {"requests": {"cpu": "4", "memory": "32Gi"}},
-        },
-        "metrics": {"port": 9400, "path": "/metrics"},
-    }
-    document.update(changes)
-    return InferenceDeploymentSpec.model_validate(document)
+    document = {"worker": WORKER, "metrics": {"port": 9400, "path": "/metrics"}} | changes
+    return builders.review_spec(**document)
 
 
 def node(name: str, gpus: int) -> dict[str, Any]:
@@ -65,9 +57,7 @@ def review_pods() -> list[dict[str, Any]]:
     spec = review_spec()
     verdict = planned(spec)
     assert verdict.feasible, verdict.errors
-    return owned_objects.replica_pods(
-        OWNER, spec, verdict.stages, 0, hash_="h1", default_image=IMAGE
-    )
+    return owned_objects.replica_pods(OWNER, spec, 0, hash_="h1", default_image=IMAGE)
 
 
 def test_review_scenario_has_eight_pods_in_megatron_order(review_pods: list[dict[str, Any]]):
@@ -115,9 +105,7 @@ def test_every_env_var_of_the_contract(review_pods: list[dict[str, Any]]):
 
 def test_sp_rank_is_zero_without_sequence_parallelism():
     spec = review_spec(parallelism={"pipeline": 4, "tensor": 2, "sequence": 1})
-    pods = owned_objects.replica_pods(
-        OWNER, spec, planned(spec).stages, 1, hash_="h", default_image=IMAGE
-    )
+    pods = owned_objects.replica_pods(OWNER, spec, 1, hash_="h", default_image=IMAGE)
     assert {env_of(p)["PARASERVE_SP_RANK"] for p in pods} == {"0"}
     assert {env_of(p)["MASTER_ADDR"] for p in pods} == {"llama-1-0.llama.default.svc"}
     assert {env_of(p)["PARASERVE_REPLICA"] for p in pods} == {"1"}
@@ -153,9 +141,7 @@ def test_labels_identity_and_affinity(review_pods: list[dict[str, Any]]):
 
 def test_no_affinity_when_tensor_groups_may_span_nodes():
     spec = review_spec(placement={"tensorParallelWithinNode": False})
-    pods = owned_objects.replica_pods(
-        OWNER, spec, planned(spec).stages, 0, hash_="h", default_image=IMAGE
-    )
+    pods = owned_objects.replica_pods(OWNER, spec, 0, hash_="h", default_image=IMAGE)
     assert all("affinity" not in p["spec"] for p in pods)
 
 
@@ -196,7 +182,6 @@ def test_default_image_and_tolerations():
     pod = owned_objects.rank_pod(
         OWNER,
         spec,
-        planned(spec).stages,
         0,
         owned_objects.ranks(spec.parallelism)[0],
         hash_="h",
@@ -220,20 +205,7 @@ def test_headless_service():
 def test_topology_document_matches_the_worker_contract():
     spec = InferenceDeploymentSpec.model_validate(
         {
-            "model": {
-                "name": "tiny",
-                "dtype": "float32",
-                "architecture": {
-                    "numLayers": 4,
-                    "hiddenSize": 64,
-                    "numAttentionHeads": 4,
-                    "numKeyValueHeads": 2,
-                    "headDim": 16,
-                    "intermediateSize": 128,
-                    "vocabSize": 256,
-                    "tieWordEmbeddings": False,
-                },
-            },
+            "model": {"name": "tiny", "dtype": "float32", "architecture": TINY_ARCHITECTURE},
             "parallelism": {"pipeline": 2, "tensor": 2, "sequence": 2},
             "serving": {"maxBatchSize": 4, "maxSequenceLength": 64},
             "gpu": {"memory": "80G"},
@@ -243,34 +215,8 @@ def test_topology_document_matches_the_worker_contract():
     configmap = owned_objects.topology_configmap(OWNER, spec, verdict.stages)
     assert configmap["metadata"]["name"] == "llama-topology"
     document = json.loads(configmap["data"]["topology.json"])
-    assert document == {
-        "deployment": "llama",
-        "namespace": "default",
-        "parallelism": {"pipeline": 2, "tensor": 2, "sequence": 2},
-        "worldSize": 4,
-        "model": {
-            "name": "tiny",
-            "dtype": "float32",
-            "kvCacheDtype": "float32",
-            "architecture": {
-                "numLayers": 4,
-                "hiddenSize": 64,
-                "numAttentionHeads": 4,
-                "numKeyValueHeads": 2,
-                "headDim": 16,
-                "intermediateSize": 128,
-                "vocabSize": 256,
-                "tieWordEmbeddings": False,
-            },
-        },
-        "serving": {"maxBatchSize": 4, "maxSequenceLength": 64},
-        "stages": [
-            {"index": 0, "layers": [0, 2], "ranks": [0, 1]},
-            {"index": 1, "layers": [2, 4], "ranks": [2, 3]},
-        ],
-        "masterPort": 29500,
-        "service": "llama",
-    }
+    # The worker's tests parse the same file (tests/unit/worker/test_worker_topology.py).
+    assert document == golden("topology-pp2-tp2-sp2.json")
 
 
 def test_topology_omits_a_missing_architecture():

@@ -56,7 +56,7 @@ def test_free_counts_bound_pods_and_placed_but_unbound_ones():
 def test_pinned_pods_carry_node_affinity_and_the_annotation():
     owner = owned_objects.Owner("d", "ns", "uid")
     pods = owned_objects.replica_pods(
-        owner, SPEC, [], 0, hash_="h", default_image="i", group_nodes={0: "a", 1: "b"}
+        owner, SPEC, 0, hash_="h", default_image="i", group_nodes={0: "a", 1: "b"}
     )
     pinned = {
         p["metadata"]["name"]: p["metadata"]["annotations"].get("paraserve.dev/node") for p in pods

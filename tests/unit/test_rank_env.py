@@ -2,12 +2,15 @@
 
 import pytest
 
-from paraserve.worker.env import RankEnvError, parse_rank_env, rank_environ
+from paraserve.api import Parallelism
+from paraserve.api.rank_env import RankEnvError, parse_rank_env, rank_environ
 
 
 def test_every_rank_of_pp2_tp2_sp2_parses_to_its_coordinates() -> None:
     for rank in range(4):
-        env = parse_rank_env(rank_environ(rank, pipeline=2, tensor=2, sequence=2, num_layers=4))
+        env = parse_rank_env(
+            rank_environ(Parallelism(pipeline=2, tensor=2, sequence=2), rank, num_layers=4)
+        )
         assert (env.pp_rank, env.tp_rank, env.sp_rank) == (rank // 2, rank % 2, rank % 2)
         assert env.stage_layers == ((0, 2) if rank < 2 else (2, 4))
         assert env.rank_of(env.pp_rank, env.tp_rank) == rank
@@ -32,7 +35,7 @@ def test_without_world_size_the_worker_is_a_single_process() -> None:
     ],
 )
 def test_contradictions_fail_with_one_line(change: dict[str, str], message: str) -> None:
-    environ = rank_environ(1, pipeline=2, tensor=2, sequence=2, num_layers=4) | change
+    environ = rank_environ(Parallelism(pipeline=2, tensor=2, sequence=2), 1, num_layers=4) | change
     with pytest.raises(RankEnvError) as error:
         parse_rank_env(environ)
     assert message in str(error.value)
@@ -40,13 +43,15 @@ def test_contradictions_fail_with_one_line(change: dict[str, str], message: str)
 
 
 def test_a_missing_coordinate_is_named() -> None:
-    environ = rank_environ(1, pipeline=2, tensor=2, sequence=1, num_layers=4)
+    environ = rank_environ(Parallelism(pipeline=2, tensor=2, sequence=1), 1, num_layers=4)
     del environ["PARASERVE_PP_RANK"]
     with pytest.raises(RankEnvError, match="PARASERVE_PP_RANK is not set"):
         parse_rank_env(environ)
 
 
 def test_stage_layers_past_the_model_are_rejected() -> None:
-    env = parse_rank_env(rank_environ(3, pipeline=2, tensor=2, sequence=1, num_layers=8))
+    env = parse_rank_env(
+        rank_environ(Parallelism(pipeline=2, tensor=2, sequence=1), 3, num_layers=8)
+    )
     with pytest.raises(RankEnvError, match="goes past the model's 4 layers"):
         env.check(num_layers=4)

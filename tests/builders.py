@@ -1,11 +1,33 @@
-"""Builders of specs, Node and Pod objects for the planner's unit tests."""
+"""Builders the tests share: the review's specs, Node and Pod objects, the tiny model, goldens.
+
+One place, so a scenario means the same thing in every test that names it.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from paraserve.api import InferenceDeploymentSpec
 from paraserve.planner import Pool
+from paraserve.worker.shape import TINY_ARCHITECTURE
+
+__all__ = [
+    "LLAMA_2_70B",
+    "POOL_LABEL",
+    "TINY_ARCHITECTURE",
+    "exact_spec",
+    "golden",
+    "node",
+    "pod",
+    "pool_of",
+    "review_document",
+    "review_spec",
+    "spec",
+]
+
+GOLDEN = Path(__file__).parent / "golden"
 
 POOL_LABEL = "paraserve.dev/pool"
 
@@ -36,6 +58,37 @@ def spec(**overrides: Any) -> InferenceDeploymentSpec:
     }
     _merge(document, overrides)
     return InferenceDeploymentSpec.model_validate(document)
+
+
+def review_document(**changes: Any) -> dict[str, Any]:
+    """The review's coarse scenario as a user writes it; top-level keys replaced by ``changes``.
+
+    Unlike ``spec``, a key given replaces the whole block (``placement={}`` drops the pool).
+    """
+    document: dict[str, Any] = {
+        "model": {
+            "name": "meta-llama/Llama-2-70b-hf",
+            "dtype": "float16",
+            "parameters": "70B",
+            "architecture": {"numLayers": 80, "numAttentionHeads": 64, "numKeyValueHeads": 8},
+        },
+        "parallelism": {"pipeline": 4, "tensor": 2, "sequence": 2},
+        "gpu": {"memory": "80G"},
+        "memory": {"overheadPerGpu": "16.75G"},
+        "placement": {"nodeSelector": {POOL_LABEL: "a100-80g"}},
+    }
+    document.update(changes)
+    return document
+
+
+def review_spec(**changes: Any) -> InferenceDeploymentSpec:
+    """``review_document`` as the validated model."""
+    return InferenceDeploymentSpec.model_validate(review_document(**changes))
+
+
+def golden(name: str) -> Any:
+    """A JSON document under tests/golden/ that producer and consumer tests both assert on."""
+    return json.loads((GOLDEN / name).read_text())
 
 
 def exact_spec(**overrides: Any) -> InferenceDeploymentSpec:

@@ -1,10 +1,15 @@
-"""Rank coordinates and stage layout of a replica (Megatron order); the pod renderer reuses them."""
+"""Rank coordinates and stage layout of a replica (Megatron order).
+
+The planner, the pods the operator renders, the rank environment, the topology document and
+the worker all place ranks and layers with these functions (docs/design.md).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paraserve.api import Parallelism
+from paraserve.api.plan_report import Stage
+from paraserve.api.spec import Parallelism
 
 
 @dataclass(frozen=True)
@@ -61,3 +66,16 @@ def stage_layers(num_layers: int, pipeline: int) -> tuple[tuple[int, int], ...]:
 def stage_ranks(stage: int, tensor: int) -> tuple[int, ...]:
     """Ranks of a stage: its tensor-parallel group."""
     return tuple(rank_of(stage, tp, tensor) for tp in range(tensor))
+
+
+def replica_stages(parallelism: Parallelism, num_layers: int | None) -> list[Stage]:
+    """Every stage of a replica: its layers (None when numLayers is unknown) and its ranks."""
+    ranges = (
+        stage_layers(num_layers, parallelism.pipeline)
+        if num_layers
+        else (None,) * parallelism.pipeline
+    )
+    return [
+        Stage(index=s, layers=ranges[s], ranks=list(stage_ranks(s, parallelism.tensor)))
+        for s in range(parallelism.pipeline)
+    ]
