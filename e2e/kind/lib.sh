@@ -5,7 +5,8 @@
 KIND_CLUSTER="${KIND_CLUSTER:-paraserve}"
 IMAGE_TAG="${IMAGE_TAG:-dev}"
 OPERATOR_IMAGE="ghcr.io/paraserve/operator:${IMAGE_TAG}"
-WORKER_IMAGE="ghcr.io/paraserve/worker:${IMAGE_TAG}"
+WORKER_REPOSITORY="ghcr.io/paraserve/worker"
+WORKER_IMAGE="${WORKER_REPOSITORY}:${IMAGE_TAG}"
 # GPU feature discovery's labels of an A100 80 GB (memory in MiB, as nvidia-smi reports it).
 GPU_PRODUCT="NVIDIA-A100-SXM4-80GB"
 GPU_MEMORY_MIB=81920
@@ -76,6 +77,7 @@ kind_install_chart() {
     kubectl label namespace "${namespace}" --overwrite \
         pod-security.kubernetes.io/enforce=restricted
     helm upgrade --install paraserve "${repo}/charts/paraserve" --namespace "${namespace}" \
-        --set "image.tag=${IMAGE_TAG}" --set "workerImage.tag=${IMAGE_TAG}" \
+        --set "image.tag=${IMAGE_TAG}" \
+        --set "workerImage.repository=${WORKER_REPOSITORY}" --set "workerImage.tag=${IMAGE_TAG}" \
         --set webhook.enabled=true "$@" --wait --timeout 5m
 }

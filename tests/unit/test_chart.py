@@ -29,6 +29,7 @@ from e2e.install import (
     rbac_grants,
 )
 
+from paraserve.api import DEFAULT_WORKER_IMAGE
 from paraserve.controller.admission import options as webhook_options
 from paraserve.controller.admission import server as webhook_server
 from paraserve.controller.admission.options import WebhookOptions
@@ -155,7 +156,9 @@ def test_operator_container_probes_resources_and_flags(default: list[dict[str, A
     env = {e["name"]: e for e in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env["PARASERVE_WORKER_IMAGE"]["value"] == "ghcr.io/paraserve/worker:0.1.0"
+    # The chart leaves the rank image to the operator, whose default is this release's worker.
+    assert "PARASERVE_WORKER_IMAGE" not in env
+    assert args.worker_image == DEFAULT_WORKER_IMAGE == "ghcr.io/paraserve/worker:0.1.0"
 
 
 def test_rbac_is_exactly_what_the_operator_uses(default: list[dict[str, Any]]) -> None:
@@ -227,7 +230,12 @@ def test_image_options() -> None:
     assert container["image"] == f"ghcr.io/paraserve/operator@{digest}"
     assert container["imagePullPolicy"] == "Always"
     tagged = helm_template(
-        {"image.repository": "registry.example/ps", "image.tag": "dev", "workerImage.tag": "dev"}
+        {
+            "image.repository": "registry.example/ps",
+            "image.tag": "dev",
+            "workerImage.repository": "ghcr.io/paraserve/worker",
+            "workerImage.tag": "dev",
+        }
     )
     container = operator_container(tagged)
     assert container["image"] == "registry.example/ps:dev"
@@ -347,6 +355,7 @@ def test_cert_manager_webhook_configuration_and_certificate(tmp_path: Path) -> N
         ({"operator.logFormat": "xml"}, "/operator/logFormat"),
         ({"metrics.serviceMonitor.interval": "soon"}, "/metrics/serviceMonitor/interval"),
         ({"typo": True}, "typo"),
+        ({"workerImage.tag": "dev"}, "workerImage.tag needs workerImage.repository"),
     ],
 )
 def test_values_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> None:

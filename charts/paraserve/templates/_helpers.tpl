@@ -42,8 +42,13 @@ app.kubernetes.io/part-of: paraserve
 {{- end -}}
 {{- end -}}
 
+{{/* The rank image the operator is told to use; empty leaves it to the operator's default. */}}
 {{- define "paraserve.workerImage" -}}
+{{- if .Values.workerImage.repository -}}
 {{- printf "%s:%s" .Values.workerImage.repository (default .Chart.AppVersion .Values.workerImage.tag) -}}
+{{- else if .Values.workerImage.tag -}}
+{{- fail "workerImage.tag needs workerImage.repository (empty both for the operator's default)" -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "paraserve.webhookServiceName" -}}

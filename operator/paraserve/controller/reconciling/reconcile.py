@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from paraserve.api import (
     API_VERSION,
+    DEFAULT_WORKER_IMAGE,
     KIND,
     Finding,
     InferenceDeploymentSpec,
@@ -64,7 +65,7 @@ PROGRESS_WRITE_INTERVAL: Final = 1.0
 
 @dataclass
 class ControllerSettings:
-    default_image: str = "paraserve:latest"
+    default_image: str = DEFAULT_WORKER_IMAGE
     backoff: Backoff = field(default_factory=Backoff)
     resync_seconds: float = 60.0
     workers: int = 4

@@ -8,9 +8,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from paraserve.api import DEFAULT_WORKER_IMAGE
 from paraserve.controller.admission import options as webhook_options
-
-DEFAULT_WORKER_IMAGE = "ghcr.io/paraserve/paraserve:latest"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--worker-image",
         default=env("PARASERVE_WORKER_IMAGE", DEFAULT_WORKER_IMAGE),
-        help="image of a rank when spec.worker.image is empty (env PARASERVE_WORKER_IMAGE)",
+        help="image of a rank when spec.worker.image is empty (env PARASERVE_WORKER_IMAGE; "
+        f"default {DEFAULT_WORKER_IMAGE})",
     )
     parser.add_argument("--metrics-port", type=int, default=8000, help="0 disables /metrics")
     parser.add_argument("--metrics-address", default="0.0.0.0")
