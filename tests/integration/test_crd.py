@@ -29,7 +29,8 @@ DEPLOYMENTS = ["review-pp4-tp2-sp2.yaml", "review-pp8-tp2-sp2.yaml", "llama-2-70
 
 @pytest.fixture(scope="module")
 def crd(cluster: LocalCluster) -> LocalCluster:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    # The directory, as a user types it: `kubectl apply -f crds/` must find only the CRD.
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD.parent))
     cluster.kubectl(
         "wait",
         "crd/inferencedeployments.paraserve.dev",

@@ -136,3 +136,12 @@ def test_cert_manager_overlay() -> None:
     # Everything else is the base's.
     base = {(o["kind"], o["metadata"]["name"]) for o in _without_webhook(kustomize_build())}
     assert base <= {(o["kind"], o["metadata"]["name"]) for o in objects}
+
+
+def test_kubectl_apply_f_crds_reads_only_the_crd() -> None:
+    # kubectl apply -f <dir> reads files ending .yaml, .yml or .json; the kustomization that
+    # lets manifests/ include the CRD is named so that it is not one of them.
+    read = [p for p in install.CRD.parent.iterdir() if p.suffix in (".yaml", ".yml", ".json")]
+    assert read == [install.CRD]
+    assert [yaml.safe_load(p.read_text())["kind"] for p in read] == ["CustomResourceDefinition"]
+    assert (install.CRD.parent / "Kustomization").is_file()
