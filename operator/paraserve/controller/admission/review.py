@@ -15,16 +15,13 @@ import kopf
 from prometheus_client import Counter
 
 from paraserve.api import GROUP, PLURAL, VERSION, Finding
-from paraserve.controller.reconciling.reconcile import INVALID_NAME, INVALID_SPEC, Key, Reconciler
-from paraserve.controller.running.watches import plain
-from paraserve.planner import codes, plan
+from paraserve.controller.bodies import plain
+from paraserve.controller.reconciling.reconcile import STATIC_CODES, Key, Reconciler
 
 logger = logging.getLogger("paraserve.webhook")
 
 #: The handler's id: the last segment of the webhook's URL path (kopf routes on it).
 HANDLER_ID: Final = "validate-spec"
-#: Wrong whatever the cluster looks like: refused even before the pool is known.
-STATIC_CODES: Final = frozenset({INVALID_SPEC, INVALID_NAME, codes.INVALID_PARALLELISM})
 # The HTTP code of a refusal: a bad spec is Invalid; a spec the pool can never hold is
 # Forbidden, as a ResourceQuota refusal is.
 _INVALID: Final = 422
@@ -54,13 +51,12 @@ class Review:
 def review(
     reconciler: Reconciler, key: Key, raw_spec: Mapping[str, Any], pool_known: bool
 ) -> Review:
-    """Exactly the reconcile's verdict on a spec: parse, build the pool, plan."""
-    # The reconciler's own steps, so the webhook can never disagree with the reconcile.
-    spec, rejection = reconciler.parse_spec(key[1], raw_spec)
-    if spec is None:
-        return Review(refusal=rejection)
-    verdict = plan(spec, reconciler.pool_for(key, spec))
-    refusal = rejection or (verdict.errors[0] if verdict.errors else None)
+    """Exactly the reconcile's verdict on a spec (Reconciler.judge); STATIC_CODES are refused
+    even before the pool is known."""
+    judgement = reconciler.judge(key, raw_spec)
+    refusal, verdict = judgement.rejection, judgement.plan
+    if verdict is None:
+        return Review(refusal=refusal)
     if refusal is not None and refusal.code not in STATIC_CODES and not pool_known:
         note = f"{refusal.code} not checked yet: the operator is still loading the node pool"
         return Review(warnings=(note,))

@@ -21,7 +21,6 @@ from paraserve.api import GROUP, PLURAL, VERSION
 from paraserve.controller.admission.options import WebhookOptions
 from paraserve.controller.admission.review import HANDLER_ID, PoolWatch, register
 from paraserve.controller.reconciling.reconcile import Reconciler
-from paraserve.controller.running.cluster_io import MERGE_PATCH, ApiError, Cluster
 
 logger = logging.getLogger("paraserve.webhook")
 
@@ -29,7 +28,6 @@ CONFIGURATION_NAME: Final = "paraserve.dev"
 WEBHOOK_NAME: Final = f"{HANDLER_ID}.{PLURAL}.{GROUP}"
 #: Short: a hung operator delays a write by at most this long, then it is admitted (Ignore).
 TIMEOUT_SECONDS: Final = 5
-CONFIGURATIONS_PATH: Final = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
 #: Self-signed certificates live in memory and are made anew at every start.
 CERTIFICATE_DAYS: Final = 3650
 _RETRY_MAX: Final = 30.0
@@ -106,27 +104,6 @@ def validating_configuration(
         },
         "webhooks": [webhook],
     }
-
-
-async def write_configuration(cluster: Cluster, configuration: dict[str, Any]) -> None:
-    """Create the configuration, or replace its webhooks (a merge patch replaces the list)."""
-    created = await cluster.request(
-        "POST", CONFIGURATIONS_PATH, configuration, resource="validatingwebhookconfigurations"
-    )
-    if created.ok:
-        return
-    if created.status != 409:
-        raise ApiError("create", CONFIGURATIONS_PATH, created.status, str(created.body))
-    path = f"{CONFIGURATIONS_PATH}/{CONFIGURATION_NAME}"
-    patch = {
-        "metadata": {"labels": configuration["metadata"]["labels"]},
-        "webhooks": configuration["webhooks"],
-    }
-    patched = await cluster.request(
-        "PATCH", path, patch, resource="validatingwebhookconfigurations", content_type=MERGE_PATCH
-    )
-    if not patched.ok:
-        raise ApiError("patch", path, patched.status, str(patched.body))
 
 
 class SelfSignedServer(kopf.WebhookServer):
@@ -278,10 +255,14 @@ def install(
     registry: kopf.OperatorRegistry,
     settings: kopf.OperatorSettings,
     reconciler: Reconciler,
-    cluster: Cluster,
+    write_configuration: Callable[[dict[str, Any]], Awaitable[None]],
     namespaces: Sequence[str] = (),
 ) -> None:
-    """Add the webhook to an operator: its handlers, its server, and (maybe) its registration."""
+    """Add the webhook to an operator: its handlers, its server, and (maybe) its registration.
+
+    `write_configuration` creates or updates the ValidatingWebhookConfiguration (the API
+    call is the running room's: Cluster.write_webhook_configuration).
+    """
     register(registry, reconciler, PoolWatch())
     server = build_server(options)
     if not options.manages_configuration:
@@ -290,6 +271,6 @@ def install(
 
     async def write(client_config: kopf.WebhookClientConfig) -> None:
         served = client_config_for(client_config, options)
-        await write_configuration(cluster, validating_configuration(served, namespaces))
+        await write_configuration(validating_configuration(served, namespaces))
 
     settings.admission.server = RegisteringServer(server, write)

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -37,7 +37,6 @@ from paraserve.controller.measurement.metric_profiles import profile_for, read
 from paraserve.controller.measurement.scrape import ScrapeError, fetch_all, metrics_url
 from paraserve.controller.rank_pods import INDEX as RANK_PODS
 from paraserve.controller.rank_pods import RankPod
-from paraserve.controller.running.cluster_io import Cluster
 
 logger = logging.getLogger("paraserve.measure")
 
@@ -92,6 +91,20 @@ class MeasureSettings:
         return cls(**values)
 
 
+class StatusWriter(Protocol):
+    """The one API write the loop makes (running/cluster_io.Cluster does it)."""
+
+    async def patch_deployment(
+        self,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        resource_version: str | None,
+        subresource: str | None = None,
+    ) -> dict[str, Any] | None: ...
+
+
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -99,7 +112,7 @@ def _now_iso() -> str:
 class Measurer:
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: StatusWriter,
         settings: MeasureSettings,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

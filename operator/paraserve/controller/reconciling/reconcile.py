@@ -12,10 +12,11 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
 from paraserve.api import (
@@ -44,9 +45,7 @@ from paraserve.controller.reconciling.gang import (
     GangState,
     decide,
 )
-from paraserve.controller.running.cluster_io import Cluster
-from paraserve.controller.running.operator_metrics import OperatorMetrics
-from paraserve.planner import Pool, plan
+from paraserve.planner import Pool, codes, plan
 
 logger = logging.getLogger("paraserve.controller")
 
@@ -54,6 +53,8 @@ Key = tuple[str, str]  # (namespace, name)
 
 INVALID_SPEC: Final = "InvalidSpec"
 INVALID_NAME: Final = "InvalidName"
+#: Wrong whatever the cluster looks like (the others depend on the pool).
+STATIC_CODES: Final = frozenset({INVALID_SPEC, INVALID_NAME, codes.INVALID_PARALLELISM})
 # After a write conflict the watch has a newer object on its way; look again shortly.
 CONFLICT_RETRY: Final = 1.0
 # How long a placement holds its GPUs while the watch has not shown the pod (it normally does
@@ -61,6 +62,48 @@ CONFLICT_RETRY: Final = 1.0
 RESERVATION_SECONDS: Final = 30.0
 # Status writes that only count ranks (no phase, generation or condition change) are spaced.
 PROGRESS_WRITE_INTERVAL: Final = 1.0
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The verdict on one spec, as the reconcile reaches it and the webhook reports it."""
+
+    spec: InferenceDeploymentSpec | None  # None: the spec does not parse
+    rejection: Finding | None  # the first reason it cannot run, if any
+    plan: Plan | None = None
+    pool: Pool | None = None
+
+
+class ClusterWrites(Protocol):
+    """The API writes a reconcile makes (running/cluster_io.Cluster is the one that does them)."""
+
+    async def create_all(self, objs: Sequence[Mapping[str, Any]]) -> list[bool]: ...
+
+    async def apply(self, obj: Mapping[str, Any]) -> None: ...
+
+    async def delete_pods(self, namespace: str, pods: Sequence[tuple[str, str]]) -> None: ...
+
+    async def patch_deployment(
+        self,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        resource_version: str | None,
+        subresource: str | None = None,
+    ) -> dict[str, Any] | None: ...
+
+    async def post_event(
+        self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str
+    ) -> None: ...
+
+
+class ReconcileMetrics(Protocol):
+    """The operator metrics a reconcile counts (running/operator_metrics.OperatorMetrics)."""
+
+    registry: CollectorRegistry
+    pods_created: Counter
+    gang_restarts: Counter
 
 
 @dataclass
@@ -109,10 +152,10 @@ def _now_iso() -> str:
 class Reconciler:
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: ClusterWrites,
         views: Views,
         settings: ControllerSettings,
-        metrics: OperatorMetrics,
+        metrics: ReconcileMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cluster = cluster
@@ -144,17 +187,14 @@ class Reconciler:
         pods = [p for p in self.views.ranks_of(key) if p.owner_uid in ("", uid)]
         state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
 
-        spec, rejection = self.parse_spec(name, body.get("spec") or {})
-        verdict: Plan | None = None
+        judgement = self.judge(key, body.get("spec") or {})
+        spec, rejection, verdict = judgement.spec, judgement.rejection, judgement.plan
         decision: Decision | None = None
         gpus_free: int | None = None
-        if spec is not None:
-            pool = self.pool_for(key, spec)
-            verdict = plan(spec, pool)
+        if spec is not None and verdict is not None and judgement.pool is not None:
+            pool = judgement.pool
             own_used = sum(1 for p in pods if p.node and not p.broken)
             gpus_free = max(0, verdict.gpus_free - own_used)
-            if rejection is None and verdict.errors:
-                rejection = verdict.errors[0]
             if rejection is None:
                 decision, placements = self._decide(key, spec, pool, pods, state)
                 applied = await self._act(
@@ -201,6 +241,20 @@ class Reconciler:
         return requeue
 
     # -- steps -----------------------------------------------------------------------------
+
+    def judge(self, key: Key, raw_spec: Mapping[str, Any]) -> Judgement:
+        """Parse, check the name, build the pool as this deployment sees it, plan. Reads only.
+
+        The admission webhook calls exactly this, so it can never disagree with the reconcile.
+        """
+        spec, rejection = self.parse_spec(key[1], raw_spec)
+        if spec is None:
+            return Judgement(spec=None, rejection=rejection)
+        pool = self.pool_for(key, spec)
+        verdict = plan(spec, pool)
+        if rejection is None and verdict.errors:
+            rejection = verdict.errors[0]
+        return Judgement(spec=spec, rejection=rejection, plan=verdict, pool=pool)
 
     def parse_spec(
         self, name: str, raw_spec: Mapping[str, Any]

@@ -72,6 +72,9 @@ def deployment_path(namespace: str, name: str) -> str:
 
 
 _COLLECTIONS: Final = {"Pod": "pods", "Service": "services", "ConfigMap": "configmaps"}
+WEBHOOK_CONFIGURATIONS_PATH: Final = (
+    "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+)
 
 
 def _collection_path(obj: Mapping[str, Any]) -> str:
@@ -216,6 +219,29 @@ class Cluster:
         if result.status in (404, 409):  # deleted meanwhile, or changed since our read
             return None
         raise ApiError("patch", path, result.status, _t(result))
+
+    # -- the admission webhook's registration -------------------------------------------------
+
+    async def write_webhook_configuration(self, configuration: dict[str, Any]) -> None:
+        """Create the ValidatingWebhookConfiguration, or replace its webhooks (a merge patch
+        replaces the list)."""
+        collection = WEBHOOK_CONFIGURATIONS_PATH
+        resource = "validatingwebhookconfigurations"
+        created = await self.request("POST", collection, configuration, resource=resource)
+        if created.ok:
+            return
+        if created.status != 409:
+            raise ApiError("create", collection, created.status, str(created.body))
+        path = f"{collection}/{quote(configuration['metadata']['name'])}"
+        patch = {
+            "metadata": {"labels": configuration["metadata"]["labels"]},
+            "webhooks": configuration["webhooks"],
+        }
+        patched = await self.request(
+            "PATCH", path, patch, resource=resource, content_type=MERGE_PATCH
+        )
+        if not patched.ok:
+            raise ApiError("patch", path, patched.status, str(patched.body))
 
     async def post_event(
         self,

@@ -96,17 +96,13 @@ def kopf_login(configuration: Any) -> Callable[..., kopf.ConnectionInfo]:
     return login
 
 
-def build_registry(manager: Manager) -> kopf.OperatorRegistry:
+def build_registry(manager: Manager, cluster: Cluster) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry, id="client-credentials")(
-        kopf_login(manager.reconciler.cluster.configuration)
-    )
+    kopf.on.login(registry=registry, id="client-credentials")(kopf_login(cluster.configuration))
     watches.register(registry, manager)
     measure_loop.register(
         registry,
-        measure_loop.Measurer(
-            manager.reconciler.cluster, measure_loop.MeasureSettings.from_environ()
-        ),
+        measure_loop.Measurer(cluster, measure_loop.MeasureSettings.from_environ()),
     )
     return registry
 
@@ -165,13 +161,18 @@ async def serve(options: OperatorOptions) -> int:
         metrics.leader.set(1)
 
     manager = Manager(Reconciler(cluster, Views(), options.controller, metrics), metrics)
-    registry = build_registry(manager)
+    registry = build_registry(manager, cluster)
     settings = operator_settings(options)
     if options.webhook is not None:
         from paraserve.controller.admission import server as webhook_server
 
         webhook_server.install(
-            options.webhook, registry, settings, manager.reconciler, cluster, options.namespaces
+            options.webhook,
+            registry,
+            settings,
+            manager.reconciler,
+            cluster.write_webhook_configuration,
+            options.namespaces,
         )
     stop = asyncio.Event()
     liveness = (

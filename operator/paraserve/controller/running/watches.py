@@ -15,6 +15,7 @@ import kopf
 from paraserve.api import GROUP, PLURAL, VERSION
 from paraserve.api.labels import LABEL_DEPLOYMENT, PLANNED_NODE_ANNOTATION
 from paraserve.controller import rank_pods
+from paraserve.controller.bodies import plain
 from paraserve.controller.reconciling.gang import GANG_ANNOTATION
 from paraserve.controller.reconciling.reconcile import ALL
 from paraserve.controller.running.manager import Manager
@@ -22,15 +23,6 @@ from paraserve.controller.running.manager import Manager
 # Resources a scheduler counts that are not accelerators.
 _STANDARD_RESOURCES: Final = ("cpu", "memory", "ephemeral-storage", "pods")
 _TERMINATED: Final = ("Succeeded", "Failed")
-
-
-def plain(value: Any) -> Any:
-    """A deep copy as plain dicts and lists (kopf's bodies are live views)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
 
 
 def deployment_view(body: Mapping[str, Any]) -> dict[str, Any]:
