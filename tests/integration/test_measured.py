@@ -25,6 +25,7 @@ import pytest
 from e2e.cluster.local import LocalCluster
 from e2e.rankrunner import RankRunner, annotate
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from tests.builders import TINY_ARCHITECTURE
 
 from paraserve.api import InferenceDeploymentSpec
 from paraserve.controller.measurement.exposition import parse
@@ -45,17 +46,6 @@ MEASURE_ENV = {
     "PARASERVE_MEASURE_REFRESH": "30",
     # The harness's ranks serve on 127.0.0.1 ports named by the pod annotation.
     "PARASERVE_MEASURE_ADDRESS_ANNOTATION": "true",
-}
-
-TINY = {
-    "numLayers": 4,
-    "hiddenSize": 64,
-    "numAttentionHeads": 4,
-    "numKeyValueHeads": 2,
-    "headDim": 16,
-    "intermediateSize": 128,
-    "vocabSize": 256,
-    "tieWordEmbeddings": False,
 }
 
 
@@ -143,7 +133,7 @@ def tiny_deployment(name: str, pool_selector: dict[str, str]) -> dict[str, Any]:
         "kind": "InferenceDeployment",
         "metadata": {"name": name},
         "spec": {
-            "model": {"name": "tiny-llama", "dtype": "float32", "architecture": TINY},
+            "model": {"name": "tiny-llama", "dtype": "float32", "architecture": TINY_ARCHITECTURE},
             "parallelism": {"pipeline": 2, "tensor": 2, "sequence": 2},
             "serving": {"maxBatchSize": 4, "maxSequenceLength": 64},
             "memory": {"overheadPerGpu": "64Mi"},
@@ -219,7 +209,7 @@ def test_a_real_replica_is_measured_and_meets_its_slo(
         par = spec.parallelism
         estimates = [
             stage_memory(spec, par, stage, None)
-            for stage in stage_shapes(TINY["numLayers"], par.pipeline)  # type: ignore[arg-type]
+            for stage in stage_shapes(TINY_ARCHITECTURE["numLayers"], par.pipeline)  # type: ignore[arg-type]
         ]
         rows = [
             "| rank | pp | tp | parameters measured / estimated (B) "

@@ -76,6 +76,7 @@ def test_chart_crd_is_the_generated_crd() -> None:
     )
 
 
+@pytest.mark.needs("helm")
 @pytest.mark.parametrize("values", [{}, EVERYTHING_ON], ids=["defaults", "everything-on"])
 def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
     result = subprocess.run(
@@ -94,6 +95,7 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
 
 
+@pytest.mark.needs("helm")
 def test_default_install_objects(default: list[dict[str, Any]]) -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in default)
     assert kinds == [
@@ -116,12 +118,14 @@ def test_default_install_objects(default: list[dict[str, Any]]) -> None:
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "paraserve"
 
 
+@pytest.mark.needs("helm")
 def test_crd_is_installed_from_the_chart_crds_directory() -> None:
     objects = helm_template(include_crds=True)
     crd = find(objects, "CustomResourceDefinition", "inferencedeployments.paraserve.dev")
     assert crd == yaml.safe_load(install.CHART_CRD.read_text())
 
 
+@pytest.mark.needs("helm")
 def test_operator_pod_meets_the_restricted_pod_security_standard(
     default: list[dict[str, Any]],
 ) -> None:
@@ -140,6 +144,7 @@ def test_operator_pod_meets_the_restricted_pod_security_standard(
     assert "emptyDir" in volume
 
 
+@pytest.mark.needs("helm")
 def test_operator_container_probes_resources_and_flags(default: list[dict[str, Any]]) -> None:
     container = operator_container(default)
     assert container["image"] == "ghcr.io/paraserve/operator:0.1.0"
@@ -161,6 +166,7 @@ def test_operator_container_probes_resources_and_flags(default: list[dict[str, A
     assert args.worker_image == DEFAULT_WORKER_IMAGE == "ghcr.io/paraserve/worker:0.1.0"
 
 
+@pytest.mark.needs("helm")
 def test_rbac_is_exactly_what_the_operator_uses(default: list[dict[str, Any]]) -> None:
     assert rbac_grants(default) == (
         expand("cluster", NAMESPACED_GRANTS)
@@ -176,6 +182,7 @@ def test_rbac_is_exactly_what_the_operator_uses(default: list[dict[str, Any]]) -
     )
 
 
+@pytest.mark.needs("helm")
 @pytest.mark.parametrize("values", [{}, EVERYTHING_ON], ids=["defaults", "everything-on"])
 def test_rbac_has_no_wildcards_and_no_escalation(values: dict[str, Any]) -> None:
     for obj in helm_template(values):
@@ -189,6 +196,7 @@ def test_rbac_has_no_wildcards_and_no_escalation(values: dict[str, Any]) -> None
             assert obj["roleRef"]["name"] not in ("cluster-admin", "admin", "edit"), obj
 
 
+@pytest.mark.needs("helm")
 def test_watch_namespaces_bind_namespaced_permissions_only_there() -> None:
     objects = helm_template({"watchNamespaces": ["team-a", "team-b"]})
     grants = rbac_grants(objects)
@@ -204,6 +212,7 @@ def test_watch_namespaces_bind_namespaced_permissions_only_there() -> None:
     assert args.namespaces == ["team-a", "team-b"]
 
 
+@pytest.mark.needs("helm")
 def test_replicas_and_leader_election() -> None:
     objects = helm_template(
         {"replicaCount": 3, "leaderElection": {"enabled": True, "leaseName": "ps-lease"}}
@@ -223,6 +232,7 @@ def test_replicas_and_leader_election() -> None:
     assert "needs leaderElection.enabled" in error
 
 
+@pytest.mark.needs("helm")
 def test_image_options() -> None:
     digest = "sha256:" + "b" * 64
     pinned = helm_template({"image.digest": digest, "image.pullPolicy": "Always"})
@@ -243,12 +253,14 @@ def test_image_options() -> None:
     assert env["PARASERVE_WORKER_IMAGE"] == "ghcr.io/paraserve/worker:dev"
 
 
+@pytest.mark.needs("helm")
 def test_resources_are_configurable() -> None:
     resources = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}
     container = operator_container(helm_template({"resources": resources}))
     assert container["resources"] == resources
 
 
+@pytest.mark.needs("helm")
 def test_metrics_service_and_optional_service_monitor(default: list[dict[str, Any]]) -> None:
     service = find(default, "Service", "paraserve-metrics")
     assert service["spec"]["ports"] == [
@@ -276,6 +288,7 @@ def test_metrics_service_and_optional_service_monitor(default: list[dict[str, An
     assert parse_operator_args(operator_container(off)["args"]).metrics_port == 0
 
 
+@pytest.mark.needs("helm")
 def test_webhook_can_be_turned_off() -> None:
     objects = helm_template({"webhook.enabled": False})
     assert not [o for o in objects if "webhook" in o["metadata"]["name"]]
@@ -284,6 +297,7 @@ def test_webhook_can_be_turned_off() -> None:
     assert "webhook" not in {p["name"] for p in container["ports"]}
 
 
+@pytest.mark.needs("helm")
 def test_self_managed_webhook_registers_itself() -> None:
     objects = helm_template({"webhook.enabled": True})
     service = find(objects, "Service", "paraserve-webhook")
@@ -309,6 +323,7 @@ def test_self_managed_webhook_registers_itself() -> None:
     }
 
 
+@pytest.mark.needs("helm")
 def test_cert_manager_webhook_configuration_and_certificate(tmp_path: Path) -> None:
     objects = helm_template(
         {"webhook.enabled": True, "webhook.certManager.enabled": True, "watchNamespaces": ["a"]}
@@ -343,6 +358,7 @@ def test_cert_manager_webhook_configuration_and_certificate(tmp_path: Path) -> N
     assert webhook_options.from_args(args) is not None
 
 
+@pytest.mark.needs("helm")
 @pytest.mark.parametrize(
     ("values", "complaint"),
     [

@@ -36,6 +36,7 @@ def manifests() -> list[dict[str, Any]]:
     return kustomize_build()
 
 
+@pytest.mark.needs("kubectl")
 def test_objects(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in manifests)
     assert kinds == [
@@ -56,16 +57,19 @@ def test_objects(manifests: list[dict[str, Any]]) -> None:
     ]
 
 
+@pytest.mark.needs("kubectl")
 def test_crd_is_the_generated_one(manifests: list[dict[str, Any]]) -> None:
     crd = find(manifests, "CustomResourceDefinition")
     assert crd == yaml.safe_load(install.CRD.read_text())
 
 
+@pytest.mark.needs("kubectl")
 def test_namespace_enforces_restricted_pod_security(manifests: list[dict[str, Any]]) -> None:
     labels = find(manifests, "Namespace")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
+@pytest.mark.needs("kubectl")
 def test_rbac_is_exactly_what_the_operator_uses(manifests: list[dict[str, Any]]) -> None:
     assert rbac_grants(manifests) == (
         expand("cluster", NAMESPACED_GRANTS)
@@ -83,6 +87,7 @@ def _without_webhook(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in objects if "webhook" not in o["metadata"]["name"]]
 
 
+@pytest.mark.needs("helm", "kubectl")
 def test_same_operator_as_the_chart(manifests: list[dict[str, Any]]) -> None:
     chart = helm_template({"webhook.enabled": True})
     ours, theirs = operator_container(manifests), operator_container(chart)
@@ -108,6 +113,7 @@ def test_same_operator_as_the_chart(manifests: list[dict[str, Any]]) -> None:
     assert ours_options.service == (NAMESPACE, "paraserve-operator-webhook")
 
 
+@pytest.mark.needs("kubectl")
 def test_cert_manager_overlay() -> None:
     overlay = install.MANIFESTS / "overlays" / "cert-manager"
     objects = kustomize_build(overlay)
