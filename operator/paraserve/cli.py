@@ -69,7 +69,7 @@ def run_plan(args: argparse.Namespace) -> int:
         raise BadInput(str(error)) from None
     pool = Pool.from_objects(nodes, pods, deployment.spec)
     verdict = plan(deployment.spec, pool)
-    # A person reading a rejection wants the way out; JSON stays DESIGN's object unless asked.
+    # A person reading a rejection wants the way out; JSON stays the documented object unless asked.
     wanted = args.suggest or (args.output == "text" and not verdict.feasible)
     options = suggest(deployment.spec, pool) if wanted else None
     if args.output == "json":

@@ -1,4 +1,4 @@
-"""Every rule and code of DESIGN.md, in its order, with messages that show the arithmetic."""
+"""Every rule and code of the planner, in its order, with messages that show the arithmetic."""
 
 from __future__ import annotations
 

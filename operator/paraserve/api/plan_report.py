@@ -14,16 +14,16 @@ class FrozenWire(WireModel):
 
 
 class Finding(FrozenWire):
-    """An error or warning of the planner: a DESIGN code and a message showing the arithmetic."""
+    """An error or warning of the planner: a code and a message showing the arithmetic."""
 
     code: str = Field(description="Machine-readable reason, e.g. InsufficientGPUs.")
     message: str = Field(description="What is wrong, with the arithmetic.")
 
 
 class Check(FrozenWire):
-    """One rule of DESIGN.md as evaluated: passed, failed (error), warning or skipped."""
+    """One planner rule as evaluated: passed, failed (error), warning or skipped."""
 
-    code: str = Field(description="The DESIGN code of the rule.")
+    code: str = Field(description="The code of the rule.")
     outcome: Literal["passed", "failed", "warning", "skipped"] = Field(description="Result.")
     message: str = Field(description="The arithmetic behind the outcome.")
 
@@ -56,7 +56,7 @@ class MemoryBreakdown(FrozenWire):
 
 
 class Plan(FrozenWire):
-    """The planner's verdict on a spec and a pool (DESIGN.md, ``paraserve plan -o json``)."""
+    """The planner's verdict on a spec and a pool (``paraserve plan -o json``, docs/planner.md)."""
 
     feasible: bool = Field(description="No errors: the pool can ever hold the spec.")
     schedulable_now: bool = Field(description="Feasible and the free GPUs hold it now.")
@@ -75,7 +75,7 @@ class Plan(FrozenWire):
     worst_stage: int = Field(default=0, exclude=True)
 
     def to_json(self) -> dict[str, Any]:
-        """Exactly DESIGN.md's JSON object (camelCase; nulls kept)."""
+        """Exactly the documented JSON object (docs/planner.md; camelCase, nulls kept)."""
         return self.model_dump(mode="json", by_alias=True)
 
     def has(self, code: str) -> bool:

@@ -37,7 +37,7 @@ class Condition(WireModel):
 
     type: str = Field(description="Validated, Scheduled, Ready or MeetsSLO.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(description="A DESIGN code or a CamelCase reason.")
+    reason: str = Field(description="A planner code or a CamelCase reason.")
     message: str = Field("", description="For a person; shows the arithmetic.")
     last_transition_time: str | None = Field(
         None, description="RFC 3339 time the status last changed."

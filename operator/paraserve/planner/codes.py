@@ -1,4 +1,4 @@
-"""The codes of DESIGN.md, in the order the planner checks them."""
+"""The planner's codes, in the order it checks them (docs/planner.md, docs/design.md)."""
 
 from typing import Final
 

@@ -1,4 +1,7 @@
-"""The per-rank memory model of DESIGN.md: weights, KV cache, activations and overhead."""
+"""The per-rank memory model: weights, KV cache, activations and overhead.
+
+The formulas: docs/planner.md ("Memory model"); where it sits: docs/design.md.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""plan(spec, pool) → Plan: every rule of DESIGN.md in its order, with the memory model."""
+"""plan(spec, pool) → Plan: every rule in its order, with the memory model (docs/design.md).
+
+The rules and the model themselves: docs/planner.md.
+"""
 
 from __future__ import annotations
 

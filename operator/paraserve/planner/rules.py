@@ -1,4 +1,7 @@
-"""The rules of DESIGN.md as pure functions, each a Check whose message shows the arithmetic."""
+"""The planner's rules as pure functions, each a Check whose message shows the arithmetic.
+
+The rules and their order: docs/planner.md ("Rules, in order"); where they sit: docs/design.md.
+"""
 
 from __future__ import annotations
 
@@ -125,7 +128,7 @@ def layers(spec: InferenceDeploymentSpec) -> Check:
     )
 
 
-# --- pool checks, in DESIGN order ---------------------------------------------------------
+# --- pool checks, in the documented order -----------------------------------------------
 
 
 def matching_nodes(spec: InferenceDeploymentSpec, pool: Pool) -> Check:
