@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from e2e.cluster.local import LocalCluster
+from tests.builders import review_document
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "inferencedeployments.paraserve.dev.yaml"
@@ -160,20 +161,14 @@ def operator(
 
 def deployment(name: str, pool_selector: dict[str, str], **spec: Any) -> dict[str, Any]:
     """An InferenceDeployment on a pool; `spec` keys replace the defaults (review scenario)."""
-    body: dict[str, Any] = {
-        "model": {
-            "name": "meta-llama/Llama-2-70b-hf",
-            "dtype": "float16",
-            "parameters": "70B",
-            "architecture": {"numLayers": 80, "numAttentionHeads": 64, "numKeyValueHeads": 8},
-        },
-        "parallelism": {"pipeline": 4, "tensor": 2, "sequence": 2},
-        "replicas": 1,
-        "gpu": {"memory": "80G", "maxMemoryUtilization": 0.85},
-        "memory": {"overheadPerGpu": "16.75G"},
-        "placement": {"nodeSelector": dict(pool_selector)},
-    }
-    body.update(spec)
+    body = review_document(
+        **{
+            "replicas": 1,
+            "gpu": {"memory": "80G", "maxMemoryUtilization": 0.85},
+            "placement": {"nodeSelector": dict(pool_selector)},
+        }
+        | spec
+    )
     return {
         "apiVersion": "paraserve.dev/v1alpha1",
         "kind": "InferenceDeployment",

@@ -7,14 +7,14 @@ needs of it (the model's complete shape) and the check against the rank's enviro
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from paraserve.api import Dtype, Parallelism, Serving
 from paraserve.api.rank_env import PP_SIZE, SP_SIZE, STAGE_LAYERS, TP_SIZE, WORLD_SIZE, RankEnv
 from paraserve.api.topology_document import (
     StageLayout,
+    TopologyDocument,
     TopologyError,
     parse_topology_document,
 )
@@ -23,17 +23,11 @@ from paraserve.worker.shape import ModelShape, ShapeError
 __all__ = ["StageLayout", "Topology", "TopologyError", "load_topology", "parse_topology"]
 
 
-@dataclass(frozen=True)
-class Topology:
-    """What every rank of a replica agrees on: the model, the degrees, the stages."""
+@dataclass(frozen=True, kw_only=True)
+class Topology(TopologyDocument):
+    """The api's document, plus the complete model shape every rank builds its layers from."""
 
     shape: ModelShape
-    parallelism: Parallelism
-    serving: Serving
-    dtype: Dtype
-    kv_cache_dtype: Dtype
-    stages: tuple[StageLayout, ...]
-    deployment: str = ""
 
     @property
     def world_size(self) -> int:
@@ -73,13 +67,7 @@ def parse_topology(data: Any) -> Topology:
     except ShapeError as error:
         raise TopologyError(f"topology: {error}") from None
     return Topology(
-        shape=shape,
-        parallelism=document.parallelism,
-        serving=document.serving,
-        dtype=document.dtype,
-        kv_cache_dtype=document.kv_cache_dtype,
-        stages=document.stages,
-        deployment=document.deployment,
+        shape=shape, **{field.name: getattr(document, field.name) for field in fields(document)}
     )
 
 

@@ -16,13 +16,14 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import kopf
 from pydantic import ValidationError
 
 from paraserve.api import ConditionType, InferenceDeploymentSpec, Phase
+from paraserve.controller.api_writes import StatusWriter
 from paraserve.controller.measurement.exposition import ExpositionError, parse
 from paraserve.controller.measurement.measured_status import (
     History,
@@ -89,20 +90,6 @@ class MeasureSettings:
             raise ValueError(f"{variable}={raw!r}: must be true or false")
         values["address_annotation"] = raw in ("true", "1")
         return cls(**values)
-
-
-class StatusWriter(Protocol):
-    """The one API write the loop makes (running/cluster_io.Cluster does it)."""
-
-    async def patch_deployment(
-        self,
-        namespace: str,
-        name: str,
-        patch: dict[str, Any],
-        *,
-        resource_version: str | None,
-        subresource: str | None = None,
-    ) -> dict[str, Any] | None: ...
 
 
 def _now_iso() -> str:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -29,6 +29,7 @@ from paraserve.api import (
     describe_validation_error,
 )
 from paraserve.api.labels import LABEL_DEPLOYMENT
+from paraserve.controller.api_writes import ClusterWrites
 from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling import owned_objects, placement
 from paraserve.controller.reconciling.deployment_status import (
@@ -72,30 +73,6 @@ class Judgement:
     rejection: Finding | None  # the first reason it cannot run, if any
     plan: Plan | None = None
     pool: Pool | None = None
-
-
-class ClusterWrites(Protocol):
-    """The API writes a reconcile makes (running/cluster_io.Cluster is the one that does them)."""
-
-    async def create_all(self, objs: Sequence[Mapping[str, Any]]) -> list[bool]: ...
-
-    async def apply(self, obj: Mapping[str, Any]) -> None: ...
-
-    async def delete_pods(self, namespace: str, pods: Sequence[tuple[str, str]]) -> None: ...
-
-    async def patch_deployment(
-        self,
-        namespace: str,
-        name: str,
-        patch: dict[str, Any],
-        *,
-        resource_version: str | None,
-        subresource: str | None = None,
-    ) -> dict[str, Any] | None: ...
-
-    async def post_event(
-        self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str
-    ) -> None: ...
 
 
 class ReconcileMetrics(Protocol):
