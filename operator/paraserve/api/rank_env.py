@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from paraserve.api.rank_layout import rank_of, ranks, stage_layers
 from paraserve.api.spec import Parallelism
-from paraserve.api.topology import rank_of, ranks, stage_layers
 
 # torch.distributed's own variables.
 WORLD_SIZE: Final = "WORLD_SIZE"

@@ -8,7 +8,7 @@ Entry points::
     ranks(spec.parallelism); stage_layers(num_layers, pipeline)   # pod layout
 """
 
-from paraserve.api.topology import (
+from paraserve.api.rank_layout import (
     Rank,
     rank_of,
     ranks,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from paraserve.api import Dtype, InferenceDeploymentSpec, MemoryBreakdown, Parallelism
-from paraserve.api.topology import stage_layer_counts
+from paraserve.api.rank_layout import stage_layer_counts
 
 # Logits of the sampled position are kept in float32 whatever the weight type.
 _LOGIT_BYTES = 4

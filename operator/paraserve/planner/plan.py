@@ -6,7 +6,7 @@ The rules and the model themselves: docs/planner.md.
 from __future__ import annotations
 
 from paraserve.api import Check, InferenceDeploymentSpec, MemoryBreakdown, Plan, Stage
-from paraserve.api.topology import replica_stages
+from paraserve.api.rank_layout import replica_stages
 from paraserve.planner import codes, rules
 from paraserve.planner.memory import stage_memory, stage_shapes, worst
 from paraserve.planner.pool import Pool

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from paraserve.api import InferenceDeploymentSpec
-from paraserve.api.topology import stage_layers
+from paraserve.api.rank_layout import stage_layers
 from paraserve.planner.memory import stage_memory, stage_shapes
 from paraserve.worker.config import torch_dtype
 from paraserve.worker.kvcache import KVCache

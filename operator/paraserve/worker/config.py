@@ -11,7 +11,7 @@ import torch
 
 from paraserve.api import Dtype
 from paraserve.api.rank_env import RankEnv, parse_rank_env
-from paraserve.api.topology import stage_layers
+from paraserve.api.rank_layout import stage_layers
 from paraserve.worker.loadgen import LoadProfile
 from paraserve.worker.rank_runtime import RunConfig
 from paraserve.worker.shape import ModelShape, Shard

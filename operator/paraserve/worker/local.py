@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from paraserve.api import InferenceDeploymentSpec, describe_validation_error
 from paraserve.api.rank_env import METRICS_PORT, rank_environ
-from paraserve.api.topology import replica_stages
+from paraserve.api.rank_layout import replica_stages
 from paraserve.api.topology_document import TOPOLOGY_KEY, topology_document
 from paraserve.worker.shape import TINY_ARCHITECTURE
 

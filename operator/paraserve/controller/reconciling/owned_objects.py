@@ -22,7 +22,7 @@ from paraserve.api.labels import (
     PLANNED_NODE_ANNOTATION,
 )
 from paraserve.api.rank_env import DEFAULT_MASTER_PORT, rank_environ
-from paraserve.api.topology import Rank, ranks
+from paraserve.api.rank_layout import Rank, ranks
 from paraserve.api.topology_document import (
     TOPOLOGY_DIR,
     TOPOLOGY_KEY,
