@@ -57,7 +57,7 @@ def run_plan(args: argparse.Namespace) -> int:
     import json
 
     from paraserve.api import DocumentError, load_deployment, load_nodes_and_pods
-    from paraserve.planner import Pool, plan, suggest
+    from paraserve.planner import Pool, plan, suggest, suggest_more_nodes
     from paraserve.planner.report import render, render_suggestions
 
     if args.filename == "-" and args.nodes == "-":
@@ -72,16 +72,71 @@ def run_plan(args: argparse.Namespace) -> int:
     # A person reading a rejection wants the way out; JSON stays the documented object unless asked.
     wanted = args.suggest or (args.output == "text" and not verdict.feasible)
     options = suggest(deployment.spec, pool) if wanted else None
+    # Nothing fits: say what would, on more nodes like the pool's largest.
+    more = suggest_more_nodes(deployment.spec, pool) if options == [] else None
     if args.output == "json":
         document = verdict.to_json()
         if options is not None:
             document["suggestions"] = [s.model_dump(mode="json", by_alias=True) for s in options]
+        if more is not None:
+            document["moreNodes"] = more.model_dump(mode="json", by_alias=True)
         print(json.dumps(document, ensure_ascii=False))
     else:
         sys.stdout.write(render(deployment, verdict))
         if options is not None:
-            sys.stdout.write("\n" + render_suggestions(options, deployment.spec.parallelism))
+            parallelism = deployment.spec.parallelism
+            sys.stdout.write("\n" + render_suggestions(options, parallelism, more))
     return EXIT_OK if verdict.feasible else EXIT_INFEASIBLE
+
+
+def register_architecture(subcommands: Subcommands) -> None:
+    parser = subcommands.add_parser(
+        "architecture",
+        help="turn a Hugging Face config.json into the model.architecture block",
+        description="Print the model.architecture block of an InferenceDeployment for the model"
+        " a Hugging Face config.json describes. Exit 2 when the file cannot be read or its"
+        " model_type is not supported.",
+    )
+    parser.add_argument(
+        "config", metavar="CONFIG.json", help="the model's config.json ('-' for stdin)"
+    )
+    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    parser.set_defaults(run=run_architecture)
+
+
+def run_architecture(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from paraserve.api import format_bytes, format_count
+    from paraserve.planner.huggingface import ConfigError, architecture_from_text
+    from paraserve.planner.weights import parameter_count
+
+    source = "stdin" if args.config == "-" else args.config
+    try:
+        architecture = architecture_from_text(_read(args.config), source)
+    except ConfigError as error:
+        raise BadInput(str(error)) from None
+    block = architecture.to_wire()
+    if args.output == "json":
+        print(json.dumps(block, ensure_ascii=False))
+        return EXIT_OK
+    count = parameter_count(architecture)
+    modules = architecture.multi_token_prediction_layers
+    mtp = (
+        f"; its {modules} multi-token-prediction module{'s' if modules != 1 else ''} add"
+        f"{'s' if modules == 1 else ''} {format_count(count.multi_token_prediction)}"
+        if count.multi_token_prediction
+        else ""
+    )
+    sys.stdout.write(
+        f"# model.architecture from {source}: {format_count(count.total)} parameters,"
+        f" {format_count(count.active)} active per token{mtp};"
+        f" checkpoint weights {format_bytes(count.checkpoint_bytes)}\n"
+        + yaml.safe_dump(block, sort_keys=False, default_flow_style=None, width=100)
+    )
+    return EXIT_OK
 
 
 def register_crd(subcommands: Subcommands) -> None:
@@ -117,6 +172,7 @@ def register_operator(subcommands: Subcommands) -> None:
 #: One entry per subcommand; adding one is adding a register function here.
 COMMANDS: list[Callable[[Subcommands], None]] = [
     register_plan,
+    register_architecture,
     register_crd,
     register_worker,
     register_operator,

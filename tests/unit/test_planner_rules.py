@@ -255,7 +255,14 @@ def test_json_has_exactly_the_design_keys() -> None:
     ]  # fmt: skip
     assert list(document["memory"]) == [
         "weightsBytes", "kvCacheBytes", "activationsBytes", "overheadBytes", "totalBytes",
-        "gpuMemoryBytes", "utilization", "limit",
+        "gpuMemoryBytes", "utilization", "limit", "weightsByPart",
+    ]  # fmt: skip
+    # Added for the per-part breakdown: null in coarse mode, the parts in exact mode.
+    assert document["memory"]["weightsByPart"] is None
+    by_part = verdict(exact_spec()).to_json()["memory"]["weightsByPart"]
+    assert list(by_part) == [
+        "attentionBytes", "denseMlpBytes", "routedExpertsBytes", "sharedExpertsBytes",
+        "embeddingsBytes", "normsBytes", "multiTokenPredictionBytes",
     ]  # fmt: skip
     assert document["stages"][1] == {"index": 1, "layers": [20, 40], "ranks": [2, 3]}
 

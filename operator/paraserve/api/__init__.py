@@ -3,6 +3,15 @@
 Imports nothing else of paraserve. The operator, the worker and the planner read these types.
 """
 
+from paraserve.api.architecture import (
+    Architecture,
+    AttentionBias,
+    Experts,
+    LatentAttention,
+    Quantization,
+    QuantizationMethod,
+    WeightPart,
+)
 from paraserve.api.base import SpecModel, WireModel, describe_validation_error
 from paraserve.api.constants import (
     API_VERSION,
@@ -23,10 +32,11 @@ from paraserve.api.documents import (
     load_nodes_and_pods,
     parse_documents,
 )
-from paraserve.api.plan_report import Check, Finding, MemoryBreakdown, Plan, Stage
+from paraserve.api.plan_report import Check, Finding, MemoryBreakdown, Plan, Stage, WeightsByPart
 from paraserve.api.resource import InferenceDeployment
 from paraserve.api.spec import (
-    Architecture,
+    ArchitectureSource,
+    ConfigMapKeyRef,
     GpuSpec,
     InferenceDeploymentSpec,
     MemorySpec,
@@ -76,18 +86,23 @@ __all__ = [
     "SINGULAR",
     "VERSION",
     "Architecture",
+    "ArchitectureSource",
+    "AttentionBias",
     "Bytes",
     "Check",
     "Condition",
     "ConditionType",
+    "ConfigMapKeyRef",
     "DocumentError",
     "Dtype",
     "Duration",
+    "Experts",
     "Finding",
     "GpuSpec",
     "InferenceDeployment",
     "InferenceDeploymentSpec",
     "InferenceDeploymentStatus",
+    "LatentAttention",
     "MeasuredStatus",
     "MemoryBreakdown",
     "MemorySpec",
@@ -100,12 +115,16 @@ __all__ = [
     "Placement",
     "Plan",
     "PlanStatus",
+    "Quantization",
+    "QuantizationMethod",
     "RanksStatus",
     "Serving",
     "SloSpec",
     "SpecModel",
     "Stage",
     "Toleration",
+    "WeightPart",
+    "WeightsByPart",
     "WireModel",
     "WorkerSpec",
     "describe_validation_error",

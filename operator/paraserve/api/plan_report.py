@@ -42,6 +42,21 @@ class Stage(FrozenWire):
     ranks: list[int] = Field(description="Ranks of the stage (its tensor-parallel group).")
 
 
+class WeightsByPart(FrozenWire):
+    """The weights of one rank by part of the model (bytes, scales included); they sum to
+    weightsBytes."""
+
+    attention_bytes: int = Field(description="Attention projections, their biases and q/k norms.")
+    dense_mlp_bytes: int = Field(description="MLPs of dense layers.")
+    routed_experts_bytes: int = Field(description="The rank's routed experts and the routers.")
+    shared_experts_bytes: int = Field(description="Shared experts.")
+    embeddings_bytes: int = Field(description="Token embedding and LM head.")
+    norms_bytes: int = Field(description="Layer norms and the final norm.")
+    multi_token_prediction_bytes: int = Field(
+        description="Multi-token-prediction modules (serving.multiTokenPrediction)."
+    )
+
+
 class MemoryBreakdown(FrozenWire):
     """Memory of one rank (bytes) against its GPU."""
 
@@ -53,6 +68,9 @@ class MemoryBreakdown(FrozenWire):
     gpu_memory_bytes: int | None = Field(description="Memory of the GPU; null when unknown.")
     utilization: float | None = Field(description="totalBytes / gpuMemoryBytes.")
     limit: float = Field(description="gpu.maxMemoryUtilization.")
+    weights_by_part: WeightsByPart | None = Field(
+        None, description="weightsBytes by part of the model; null in coarse mode."
+    )
 
 
 class Plan(FrozenWire):

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from paraserve.api.architecture import Architecture
 from paraserve.api.base import SpecModel
 from paraserve.api.constants import DEFAULT_GPU_RESOURCE
 from paraserve.api.units import Bytes, Dtype, Duration, ParameterCount
@@ -27,54 +28,20 @@ def _defaulted(model: type[SpecModel]) -> dict[str, Any]:
     return {"default": model().model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
-class Architecture(SpecModel):
-    """Transformer shape. Complete (numLayers, hiddenSize, numAttentionHeads, intermediateSize,
-    vocabSize) selects the exact memory model; a partial one still lets the planner check
-    layers per stage and head divisibility."""
+class ConfigMapKeyRef(SpecModel):
+    """A key of a ConfigMap in the deployment's namespace (as core/v1 configMapKeyRef)."""
 
-    num_layers: int | None = Field(None, ge=1, description="Decoder layers (L).")
-    hidden_size: int | None = Field(None, ge=1, description="Hidden size (H).")
-    num_attention_heads: int | None = Field(None, ge=1, description="Attention heads (A).")
-    num_key_value_heads: int | None = Field(
-        None,
-        ge=1,
-        description="Key/value heads (grouped-query attention). Default: numAttentionHeads.",
+    name: str = Field(min_length=1, description="Name of the ConfigMap.")
+    key: str = Field("config.json", min_length=1, description="Key holding the config.json.")
+
+
+class ArchitectureSource(SpecModel):
+    """Where to read the architecture from instead of writing it in the spec."""
+
+    config_map_key_ref: ConfigMapKeyRef = Field(
+        description="A ConfigMap key holding the model's Hugging Face config.json"
+        " (kubectl create configmap NAME --from-file=config.json)."
     )
-    head_dim: int | None = Field(
-        None,
-        ge=1,
-        description="Dimension of one head (d). Default: hiddenSize / numAttentionHeads.",
-    )
-    intermediate_size: int | None = Field(None, ge=1, description="MLP intermediate size (I).")
-    vocab_size: int | None = Field(None, ge=1, description="Vocabulary size (V).")
-    tie_word_embeddings: bool = Field(
-        False, description="The LM head shares the embedding matrix (saved only when pipeline = 1)."
-    )
-
-    @property
-    def is_complete(self) -> bool:
-        """All fields the exact memory model needs are given."""
-        return None not in (
-            self.num_layers,
-            self.hidden_size,
-            self.num_attention_heads,
-            self.intermediate_size,
-            self.vocab_size,
-        )
-
-    @property
-    def kv_heads(self) -> int | None:
-        """Key/value heads, defaulting to the attention heads (multi-head attention)."""
-        return self.num_key_value_heads or self.num_attention_heads
-
-    @property
-    def effective_head_dim(self) -> int | None:
-        """Head dimension, defaulting to hiddenSize / numAttentionHeads."""
-        if self.head_dim is not None:
-            return self.head_dim
-        if self.hidden_size and self.num_attention_heads:
-            return self.hidden_size // self.num_attention_heads
-        return None
 
 
 class ModelSpec(SpecModel):
@@ -84,23 +51,37 @@ class ModelSpec(SpecModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "has(self.parameters) || (has(self.architecture)"
+                    "rule": "has(self.parameters) || has(self.architectureFrom)"
+                    " || (has(self.architecture)"
                     " && has(self.architecture.numLayers) && has(self.architecture.hiddenSize)"
                     " && has(self.architecture.numAttentionHeads)"
                     " && has(self.architecture.intermediateSize)"
                     " && has(self.architecture.vocabSize))",
-                    "message": "give model.parameters (coarse mode) or a complete"
-                    " model.architecture (exact mode)",
-                }
+                    "message": "give model.parameters (coarse mode), a complete"
+                    " model.architecture (exact mode) or model.architectureFrom",
+                },
+                {
+                    "rule": "!has(self.architecture) || !has(self.architectureFrom)",
+                    "message": "give model.architecture or model.architectureFrom, not both",
+                },
             ]
         }
     )
 
     name: str = Field(min_length=1, description="Model name, e.g. a Hugging Face id.")
-    dtype: Dtype = Field(Dtype.BFLOAT16, description="Weight type; bytes 4/2/2/1/1/0.5.")
+    dtype: Dtype = Field(
+        Dtype.BFLOAT16,
+        description="Weight type; bytes 4/2/2/1/1/0.5. With architecture.quantization, the type"
+        " of the parts it leaves unquantized.",
+    )
     kv_cache_dtype: Dtype | None = Field(None, description="KV cache type. Default: dtype.")
     architecture: Architecture | None = Field(
         None, description="Transformer shape; complete means exact memory mode."
+    )
+    architecture_from: ArchitectureSource | None = Field(
+        None,
+        description="Read the architecture from a ConfigMap holding the model's config.json"
+        " (exact memory mode); excludes architecture.",
     )
     parameters: ParameterCount | None = Field(
         None,
@@ -109,7 +90,13 @@ class ModelSpec(SpecModel):
 
     @model_validator(mode="after")
     def _needs_size(self) -> ModelSpec:
-        if self.parameters is None and not (self.architecture and self.architecture.is_complete):
+        if self.architecture is not None and self.architecture_from is not None:
+            raise ValueError("give model.architecture or model.architectureFrom, not both")
+        if (
+            self.parameters is None
+            and self.architecture_from is None
+            and not (self.architecture and self.architecture.is_complete)
+        ):
             raise ValueError(
                 "give model.parameters (coarse mode) or a complete model.architecture "
                 "(numLayers, hiddenSize, numAttentionHeads, intermediateSize, vocabSize)"
@@ -154,11 +141,24 @@ class Parallelism(SpecModel):
         description="Sequence-parallel degree (SP), 1 or tensor: shards activations inside the"
         " tensor-parallel group and adds no GPUs.",
     )
+    expert: int = Field(
+        1,
+        ge=1,
+        le=MAX_DEGREE,
+        description="Expert-parallel degree (EP), dividing tensor: each stage's tensor-parallel"
+        " group splits the routed experts EP ways, each shard tensor-parallel over tensor/EP"
+        " ranks (SGLang --ep-size; vLLM --enable-expert-parallel is EP = tensor). Adds no GPUs.",
+    )
 
     @property
     def world_size(self) -> int:
         """Ranks per replica."""
         return self.pipeline * self.tensor
+
+    @property
+    def expert_tensor(self) -> int:
+        """Ranks each routed expert is tensor-parallel over: tensor / expert (at least 1)."""
+        return max(self.tensor // self.expert, 1)
 
 
 class Serving(SpecModel):
@@ -167,6 +167,11 @@ class Serving(SpecModel):
     max_batch_size: int = Field(1, ge=1, description="Concurrent sequences per replica.")
     max_sequence_length: int = Field(
         4096, ge=1, description="Longest sequence (prompt + generated tokens)."
+    )
+    multi_token_prediction: bool = Field(
+        False,
+        description="Load the checkpoint's multi-token-prediction modules"
+        " (architecture.mtpLayers) as the draft of speculative decoding, on the last stage.",
     )
 
 

@@ -17,24 +17,38 @@ from paraserve.api.rank_layout import (
     stage_ranks,
 )
 from paraserve.planner import codes
+from paraserve.planner.huggingface import (
+    SUPPORTED_MODEL_TYPES,
+    ConfigError,
+    architecture_from_config,
+    architecture_from_text,
+    resolve_architecture,
+)
 from paraserve.planner.plan import plan
 from paraserve.planner.pool import Exclusions, Pool, PoolNode, pod_gpu_request
-from paraserve.planner.suggest import Suggestion, closest, suggest
+from paraserve.planner.suggest import MoreNodes, Suggestion, closest, suggest, suggest_more_nodes
 
 __all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "ConfigError",
     "Exclusions",
+    "MoreNodes",
     "Pool",
     "PoolNode",
     "Rank",
     "Suggestion",
+    "architecture_from_config",
+    "architecture_from_text",
     "closest",
     "codes",
     "plan",
     "pod_gpu_request",
     "rank_of",
     "ranks",
+    "resolve_architecture",
     "stage_layer_counts",
     "stage_layers",
     "stage_ranks",
     "suggest",
+    "suggest_more_nodes",
 ]

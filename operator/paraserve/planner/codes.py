@@ -3,6 +3,8 @@
 from typing import Final
 
 INVALID_PARALLELISM: Final = "InvalidParallelism"
+INVALID_EXPERT_PARALLELISM: Final = "InvalidExpertParallelism"
+UNRESOLVED_ARCHITECTURE: Final = "UnresolvedArchitecture"
 NO_MATCHING_NODES: Final = "NoMatchingNodes"
 TENSOR_PARALLEL_EXCEEDS_NODE: Final = "TensorParallelExceedsNode"
 INSUFFICIENT_GPUS: Final = "InsufficientGPUs"
@@ -13,6 +15,8 @@ INSUFFICIENT_FREE_GPUS: Final = "InsufficientFreeGPUs"
 #: Errors make a plan infeasible; the others are warnings.
 ERRORS: Final = (
     INVALID_PARALLELISM,
+    INVALID_EXPERT_PARALLELISM,
+    UNRESOLVED_ARCHITECTURE,
     NO_MATCHING_NODES,
     TENSOR_PARALLEL_EXCEEDS_NODE,
     INSUFFICIENT_GPUS,

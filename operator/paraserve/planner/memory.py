@@ -1,4 +1,4 @@
-"""The per-rank memory model: weights, KV cache, activations and overhead.
+"""The per-rank memory model: weights by part, KV cache, activations and overhead.
 
 The formulas: docs/planner.md ("Memory model"); where it sits: docs/design.md.
 """
@@ -7,57 +7,110 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from paraserve.api import Dtype, InferenceDeploymentSpec, MemoryBreakdown, Parallelism
+from paraserve.api import Architecture, Dtype, InferenceDeploymentSpec, MemoryBreakdown, Parallelism
 from paraserve.api.rank_layout import stage_layer_counts
+from paraserve.planner.weights import ceil_div, stage_weights
 
 # Logits of the sampled position are kept in float32 whatever the weight type.
 _LOGIT_BYTES = 4
 
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+_ceil_div = ceil_div
 
 
 @dataclass(frozen=True)
 class StageShape:
-    """What a stage holds: its layers and whether it is the first and/or the last."""
+    """What a stage holds: its layers [start, start + layers) and whether it is first or last."""
 
     index: int
     layers: int
     first: bool
     last: bool
+    start: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.start + self.layers
 
 
 def stage_shapes(num_layers: int | None, pipeline: int) -> tuple[StageShape, ...]:
     counts = stage_layer_counts(num_layers, pipeline) if num_layers else (0,) * pipeline
+    starts = [sum(counts[:s]) for s in range(pipeline)]
     return tuple(
-        StageShape(index=s, layers=n, first=s == 0, last=s == pipeline - 1)
+        StageShape(index=s, layers=n, first=s == 0, last=s == pipeline - 1, start=starts[s])
         for s, n in enumerate(counts)
     )
 
 
-def activation_bytes_per_token(spec: InferenceDeploymentSpec, tensor: int) -> int:
+def activation_bytes_per_token(
+    spec: InferenceDeploymentSpec, tensor: int, stage: StageShape | None = None
+) -> int:
     """Live elements per token of one decoder layer's prefill, × activation bytes (docs/planner.md).
 
     Inference keeps no activations for a backward pass, so only one layer's transient tensors
-    are live: the residual stream and its normed copy (2H), the q/k/v projections
-    ((A/tp + 2·kv)·d) and the gated MLP's gate and up projections (2·I/tp). Flash-style
+    are live: the residual stream and its normed copy (2H), the attention projections
+    ((A/tp + 2·kv)·d, or MLA's), and the MLP's gate and up projections (2·I/tp; for an MoE
+    layer those of the k experts a token visits and of the shared experts). Flash-style
     attention never materialises the s×s scores. After Korthikanti et al. 2022, §4.
     """
     arch = spec.model.architecture
     assert arch is not None and arch.is_complete
+    p = spec.parallelism
+    parallelism = p if p.tensor == tensor else p.model_copy(update={"tensor": tensor})
     hidden = arch.hidden_size or 0
-    heads = _ceil_div(arch.num_attention_heads or 0, tensor)
-    kv = _ceil_div(arch.kv_heads or 0, tensor)
-    head_dim = arch.effective_head_dim or 0
-    intermediate = _ceil_div(arch.intermediate_size or 0, tensor)
-    elements = 2 * hidden + (heads + 2 * kv) * head_dim + 2 * intermediate
+    elements = (
+        2 * hidden + _attention_elements(arch, tensor) + _mlp_elements(arch, parallelism, stage)
+    )
     return elements * activation_dtype(spec.model.dtype).bits // 8
+
+
+def _attention_elements(arch: Architecture, tensor: int) -> int:
+    heads = _ceil_div(arch.num_attention_heads or 0, tensor)
+    mla = arch.latent_attention
+    if mla is not None:
+        # q, the cached latent, and k_nope and v expanded from it for the rank's heads.
+        return (
+            heads * mla.qk_head_dim
+            + mla.cached_dim
+            + heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+        )
+    kv = _ceil_div(arch.kv_heads or 0, tensor)
+    return (heads + 2 * kv) * (arch.effective_head_dim or 0)
+
+
+def _mlp_elements(arch: Architecture, p: Parallelism, stage: StageShape | None) -> int:
+    """The larger of a dense layer's and an MoE layer's MLP live set, among the stage's layers."""
+    dense = 2 * _ceil_div(arch.intermediate_size or 0, p.tensor)
+    experts = arch.experts
+    if experts is None:
+        return dense
+    start, end = (stage.start, stage.end) if stage else (0, arch.num_layers or 0)
+    moe_layers = arch.moe_layers_in(start, end)
+    sizes = []
+    if moe_layers:
+        sizes.append(
+            2 * experts.per_token * _ceil_div(experts.intermediate_size, p.expert_tensor)
+            + 2 * _ceil_div(experts.shared_size, p.tensor)
+        )
+    if moe_layers < end - start or not sizes:
+        sizes.append(dense)
+    return max(sizes)
 
 
 def activation_dtype(weights: Dtype) -> Dtype:
     """Quantised weights are dequantised to 16-bit for compute; float32 stays float32."""
     return Dtype.FLOAT32 if weights is Dtype.FLOAT32 else Dtype.FLOAT16
+
+
+def kv_cache_elements_per_token(arch: Architecture, tensor: int) -> int:
+    """KV cache elements per token and layer on one rank.
+
+    Grouped-query attention caches a key and a value per KV head of the rank; MLA caches one
+    latent (kvLoraRank + qkRopeHeadDim) that every tensor-parallel rank holds whole.
+    """
+    mla = arch.latent_attention
+    if mla is not None:
+        return mla.cached_dim
+    return 2 * _ceil_div(arch.kv_heads or 0, tensor) * (arch.effective_head_dim or 0)
 
 
 def stage_memory(
@@ -70,32 +123,35 @@ def stage_memory(
     model = spec.model
     pp, tp = parallelism.pipeline, parallelism.tensor
     arch = model.architecture
+    by_part = None
     if arch is not None and arch.is_complete:
-        hidden = arch.hidden_size or 0
-        heads = _ceil_div(arch.num_attention_heads or 0, tp)
-        kv = _ceil_div(arch.kv_heads or 0, tp)  # 1 when tensor > KV heads: replicated
-        head_dim = arch.effective_head_dim or 0
-        intermediate = _ceil_div(arch.intermediate_size or 0, tp)
-        vocab = arch.vocab_size or 0
-        per_layer = (
-            hidden * heads * head_dim  # q
-            + 2 * hidden * kv * head_dim  # k, v
-            + heads * head_dim * hidden  # o
-            + 3 * hidden * intermediate  # gate, up, down
-            + 2 * hidden  # two norms
+        mtp = (
+            spec.serving.multi_token_prediction
+            and arch.multi_token_prediction_layers > 0
+            and stage.last
         )
-        params = stage.layers * per_layer
-        if stage.first:
-            params += _ceil_div(vocab * hidden, tp)  # embedding
-        if stage.last:
-            if not (arch.tie_word_embeddings and pp == 1):
-                params += _ceil_div(vocab * hidden, tp)  # LM head
-            params += hidden  # final norm
-        weights = model.dtype.bytes_for(params)
+        held = stage_weights(
+            arch,
+            model.dtype,
+            parallelism,
+            start=stage.start,
+            end=stage.end,
+            first=stage.first,
+            last=stage.last,
+            multi_token_prediction=mtp,
+        )
+        weights = held.total_bytes
+        by_part = held.by_part()
         tokens = spec.serving.max_batch_size * spec.serving.max_sequence_length
-        kv_cache = model.kv_dtype.bytes_for(2 * stage.layers * kv * head_dim * tokens)
-        activations = _ceil_div(tokens * activation_bytes_per_token(spec, tp), parallelism.sequence)
+        cached_layers = stage.layers + (arch.multi_token_prediction_layers if mtp else 0)
+        kv_cache = model.kv_dtype.bytes_for(
+            cached_layers * kv_cache_elements_per_token(arch, tp) * tokens
+        )
+        activations = _ceil_div(
+            tokens * activation_bytes_per_token(spec, tp, stage), parallelism.sequence
+        )
         if stage.last:
+            vocab = arch.vocab_size or 0
             activations += spec.serving.max_batch_size * _ceil_div(vocab, tp) * _LOGIT_BYTES
     else:
         # Coarse: the parameters spread evenly over pp × tp ranks; overhead carries the rest.
@@ -112,6 +168,7 @@ def stage_memory(
         gpu_memory_bytes=gpu_memory_bytes,
         utilization=total / gpu_memory_bytes if gpu_memory_bytes else None,
         limit=spec.gpu.max_memory_utilization,
+        weights_by_part=by_part,
     )
 
 

@@ -17,10 +17,12 @@ def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
     p = spec.parallelism
     gpu_memory = spec.gpu.memory or pool.gpu_memory_bytes
     degree_check = rules.degrees(spec)
-    if degree_check.outcome == "failed":
-        # Nothing else can be computed with a zero degree.
+    unresolved = rules.unresolved_architecture(spec)
+    if degree_check.outcome == "failed" or unresolved is not None:
+        # Nothing else can be computed with a zero degree, or without the architecture named.
         memory = _overhead_only(spec, gpu_memory)
-        return _assemble(spec, pool, [degree_check], [], memory, [], 0)
+        checks = [degree_check] + ([unresolved] if unresolved else [])
+        return _assemble(spec, pool, checks, [], memory, [], 0)
 
     checks = [
         degree_check,
@@ -28,16 +30,19 @@ def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
         rules.attention_heads(spec),
         rules.key_value_heads(spec),
         rules.layers(spec),
+        *rules.expert_parallelism(spec),
     ]
     checks += _pool_checks(spec, pool)
 
-    num_layers = spec.model.architecture.num_layers if spec.model.architecture else None
+    arch = spec.model.architecture
+    num_layers = arch.num_layers if arch else None
     shapes = stage_shapes(num_layers, p.pipeline)
-    # Stages differ only in layer count and first/last: at most four distinct breakdowns.
-    distinct: dict[tuple[int, bool, bool], MemoryBreakdown] = {}
+    # Stages differ only in layer count, MoE layers and first/last: few distinct breakdowns.
+    distinct: dict[tuple[int, int, bool, bool], MemoryBreakdown] = {}
     per_stage = []
     for shape in shapes:
-        key = (shape.layers, shape.first, shape.last)
+        moe = arch.moe_layers_in(shape.start, shape.end) if arch else 0
+        key = (shape.layers, moe, shape.first, shape.last)
         if key not in distinct:
             distinct[key] = stage_memory(spec, p, shape, gpu_memory)
         per_stage.append(distinct[key])

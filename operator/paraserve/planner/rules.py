@@ -5,7 +5,15 @@ The rules and their order: docs/planner.md ("Rules, in order"); where they sit: 
 
 from __future__ import annotations
 
-from paraserve.api import Check, InferenceDeploymentSpec, MemoryBreakdown, format_bytes
+from paraserve.api import (
+    Check,
+    InferenceDeploymentSpec,
+    MemoryBreakdown,
+    Parallelism,
+    QuantizationMethod,
+    WeightPart,
+    format_bytes,
+)
 from paraserve.api import format_percent as pct
 from paraserve.planner import codes
 from paraserve.planner.pool import Pool
@@ -34,6 +42,12 @@ def gpu_arithmetic(spec: InferenceDeploymentSpec) -> str:
     head = replicas if spec.replicas != 1 else ""
     gpus = spec.gpus_required
     return f"{head}PP={p.pipeline} × TP={p.tensor} = {gpus} GPU{'s' if gpus != 1 else ''} required"
+
+
+def strategy(p: Parallelism) -> str:
+    """``PP=4 × TP=2 × SP=2``, with ``× EP=…`` when expert parallelism is on."""
+    label = f"PP={p.pipeline} × TP={p.tensor} × SP={p.sequence}"
+    return label + (f" × EP={p.expert}" if p.expert > 1 else "")
 
 
 # --- static checks (InvalidParallelism) ---------------------------------------------------
@@ -88,6 +102,13 @@ def attention_heads(spec: InferenceDeploymentSpec) -> Check:
 def key_value_heads(spec: InferenceDeploymentSpec) -> Check:
     arch = spec.model.architecture
     tp = spec.parallelism.tensor
+    if arch is not None and arch.latent_attention is not None:
+        mla = arch.latent_attention
+        return passed(
+            codes.INVALID_PARALLELISM,
+            f"MLA: one latent per token (kvLoraRank {mla.kv_lora_rank} + qkRopeHeadDim"
+            f" {mla.qk_rope_head_dim} = {mla.cached_dim}), held whole by each of the TP={tp} ranks",
+        )
     kv = arch.kv_heads if arch else None
     if kv is None:
         return skipped(codes.INVALID_PARALLELISM, "numKeyValueHeads unknown: not checked")
@@ -126,6 +147,115 @@ def layers(spec: InferenceDeploymentSpec) -> Check:
         codes.INVALID_PARALLELISM,
         f"PP={pp} ≤ numLayers={num_layers}: {per_stage} layers per stage",
     )
+
+
+def unresolved_architecture(spec: InferenceDeploymentSpec) -> Check | None:
+    """A spec naming architectureFrom must be resolved (its ConfigMap read) before planning."""
+    source = spec.model.architecture_from
+    if source is None or spec.model.architecture is not None:
+        return None
+    ref = source.config_map_key_ref
+    return failed(
+        codes.UNRESOLVED_ARCHITECTURE,
+        f"model.architectureFrom names ConfigMap {ref.name!r} key {ref.key!r}, which has not been"
+        " read: resolve it (planner.resolve_architecture) before planning",
+    )
+
+
+# --- expert parallelism (InvalidExpertParallelism) -----------------------------------------
+
+
+def expert_parallelism(spec: InferenceDeploymentSpec) -> list[Check]:
+    """EP's rules; none at all for a model without experts planned without EP."""
+    p = spec.parallelism
+    arch = spec.model.architecture
+    experts = arch.experts if arch else None
+    if p.expert == 1 and experts is None:
+        return []
+    code = codes.INVALID_EXPERT_PARALLELISM
+    checks = [_expert_divides_tensor(p)]
+    if experts is None:
+        if arch is not None and arch.is_complete:
+            checks.append(
+                failed(code, f"EP={p.expert}, but the architecture has no experts to shard")
+            )
+        else:
+            checks.append(skipped(code, "experts unknown: EP not checked against them"))
+        return checks
+    if checks[0].outcome == "failed":
+        return checks
+    if experts.routed % p.expert:
+        checks.append(
+            failed(
+                code,
+                f"experts.routed={experts.routed} is not divisible by EP={p.expert}"
+                f" ({experts.routed} = {experts.routed // p.expert} × {p.expert}"
+                f" + {experts.routed % p.expert}): every EP rank must hold as many experts",
+            )
+        )
+    else:
+        checks.append(
+            passed(
+                code,
+                f"experts.routed={experts.routed} ÷ EP={p.expert}"
+                f" = {experts.routed // p.expert} routed experts per rank",
+            )
+        )
+    checks.append(_expert_tensor_split(spec))
+    return checks
+
+
+def _expert_divides_tensor(p: Parallelism) -> Check:
+    code = codes.INVALID_EXPERT_PARALLELISM
+    if p.expert == 1:
+        return passed(
+            code, f"EP=1: each routed expert is tensor-parallel over the TP={p.tensor} ranks"
+        )
+    if p.expert > p.tensor or p.tensor % p.expert:
+        return failed(
+            code,
+            f"EP={p.expert} must divide TP={p.tensor}: expert parallelism splits the routed experts"
+            " inside each stage's tensor-parallel group (EP × expert-TP = TP, as SGLang's"
+            " --ep-size; vLLM's --enable-expert-parallel is EP = TP); it adds no GPUs and never"
+            " spans replicas, which are separate gangs",
+        )
+    return passed(
+        code,
+        f"EP={p.expert} divides TP={p.tensor}: each expert is tensor-parallel over"
+        f" TP/EP = {p.expert_tensor} rank{'s' if p.expert_tensor != 1 else ''}; no GPUs added",
+    )
+
+
+def _expert_tensor_split(spec: InferenceDeploymentSpec) -> Check:
+    """The expert's intermediate size splits evenly over expert-TP (and whole fp8 blocks)."""
+    code = codes.INVALID_EXPERT_PARALLELISM
+    p = spec.parallelism
+    arch = spec.model.architecture
+    assert arch is not None and arch.experts is not None
+    size, etp = arch.experts.intermediate_size, p.expert_tensor
+    if etp == 1:
+        return passed(code, f"expert-TP=1: every rank holds its experts whole ({size} wide)")
+    if size % etp:
+        return failed(
+            code,
+            f"experts.intermediateSize={size} is not divisible by expert-TP = TP/EP = {etp}"
+            f" ({size} mod {etp} = {size % etp})",
+        )
+    shard = size // etp
+    q = arch.quantization
+    if (
+        q is not None
+        and q.method is QuantizationMethod.FP8
+        and q.block_size
+        and WeightPart.ROUTED_EXPERTS in q.parts
+        and shard % q.block_size[0]
+    ):
+        return failed(
+            code,
+            f"experts.intermediateSize={size} ÷ expert-TP={etp} = {shard}, not a whole number of"
+            f" fp8 blocks of {q.block_size[0]}: raise EP (fewer splits per expert)",
+        )
+    return passed(code, f"experts.intermediateSize={size} ÷ expert-TP={etp} = {shard} per rank")
 
 
 # --- pool checks, in the documented order -----------------------------------------------
@@ -214,6 +344,19 @@ def memory_limit(spec: InferenceDeploymentSpec, worst_stage: int, memory: Memory
         ("overhead", memory.overhead_bytes),
     ]
     sum_text = " + ".join(f"{format_bytes(v)} {name}" for name, v in parts if v)
+    by_part = memory.weights_by_part
+    if by_part is not None and by_part.routed_experts_bytes:
+        named = [
+            ("routed experts", by_part.routed_experts_bytes),
+            ("shared experts", by_part.shared_experts_bytes),
+            ("attention", by_part.attention_bytes),
+            ("dense MLP", by_part.dense_mlp_bytes),
+            ("embeddings", by_part.embeddings_bytes),
+            ("MTP", by_part.multi_token_prediction_bytes),
+        ]
+        inner = ", ".join(f"{name} {format_bytes(v)}" for name, v in named if v)
+        weights = f"{format_bytes(memory.weights_bytes)} weights"
+        sum_text = sum_text.replace(weights, f"{weights} ({inner})", 1)
     gpu = format_bytes(memory.gpu_memory_bytes)
     message = (
         f"worst rank (stage {worst_stage}): {sum_text} = {total};"

@@ -9,12 +9,15 @@ from pydantic import ConfigDict, Field
 from paraserve.api import InferenceDeploymentSpec, Parallelism, WireModel
 from paraserve.api.spec import MAX_DEGREE
 from paraserve.planner.plan import plan
-from paraserve.planner.pool import Pool
+from paraserve.planner.pool import Pool, PoolNode
+from paraserve.planner.rules import strategy
 
 # Without layer or head counts any degree is allowed; these bounds keep the search finite
 # and cover every layout used in practice (documented in docs/planner.md).
 MAX_PIPELINE_WITHOUT_LAYERS = 128
 SMALL_TENSOR = 8
+# How far suggest_more_nodes looks: up to this many nodes like the largest.
+MAX_NODES = 64
 
 
 class Suggestion(WireModel):
@@ -25,14 +28,32 @@ class Suggestion(WireModel):
     pipeline: int = Field(description="PP.")
     tensor: int = Field(description="TP.")
     sequence: int = Field(description="SP.")
+    expert: int = Field(1, description="EP (1 or TP for a model with routed experts).")
     gpus_required: int = Field(description="replicas × PP × TP.")
     total_bytes: int = Field(description="Worst rank's memory.")
     utilization: float | None = Field(description="Worst rank's memory / GPU memory.")
     schedulable_now: bool = Field(description="The free GPUs hold it now.")
 
     @property
+    def parallelism(self) -> Parallelism:
+        return Parallelism(
+            pipeline=self.pipeline, tensor=self.tensor, sequence=self.sequence, expert=self.expert
+        )
+
+    @property
     def label(self) -> str:
-        return f"PP={self.pipeline} × TP={self.tensor} × SP={self.sequence}"
+        return strategy(self.parallelism)
+
+
+class MoreNodes(WireModel):
+    """Nothing fits the pool: the fewest more nodes like its largest that hold the model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    nodes: int = Field(description="Nodes needed, each like the pool's largest.")
+    gpus_per_node: int = Field(description="Allocatable GPUs of each.")
+    gpu_memory_bytes: int | None = Field(description="Memory of each GPU.")
+    suggestions: list[Suggestion] = Field(description="The strategies that fit then, best first.")
 
 
 def suggest(spec: InferenceDeploymentSpec, pool: Pool) -> list[Suggestion]:
@@ -48,6 +69,7 @@ def suggest(spec: InferenceDeploymentSpec, pool: Pool) -> list[Suggestion]:
                 pipeline=candidate.pipeline,
                 tensor=candidate.tensor,
                 sequence=candidate.sequence,
+                expert=candidate.expert,
                 gpus_required=verdict.gpus_required,
                 total_bytes=verdict.memory.total_bytes,
                 utilization=verdict.memory.utilization,
@@ -55,13 +77,14 @@ def suggest(spec: InferenceDeploymentSpec, pool: Pool) -> list[Suggestion]:
             )
         )
 
-    def rank(s: Suggestion) -> tuple[int, int, int, int, int, int]:
+    def rank(s: Suggestion) -> tuple[int, int, int, int, int, int, int]:
         return (
             s.gpus_required,
             s.total_bytes,
             s.tensor != asked.tensor,
             s.sequence != asked.sequence,
             abs(s.pipeline - asked.pipeline),
+            s.expert != asked.expert,
             s.pipeline,
         )
 
@@ -76,9 +99,55 @@ def closest(suggestions: list[Suggestion], asked: Parallelism) -> Suggestion | N
             s.tensor != asked.tensor,
             s.sequence != asked.sequence,
             abs(s.pipeline - asked.pipeline),
+            s.expert != asked.expert,
             s.gpus_required,
         ),
         default=None,
+    )
+
+
+def suggest_more_nodes(spec: InferenceDeploymentSpec, pool: Pool) -> MoreNodes | None:
+    """When no strategy fits ``pool``: the fewest nodes like its largest on which some do.
+
+    None when the pool is empty or even MAX_NODES such nodes hold nothing (a GPU too small).
+    """
+    if not pool.nodes:
+        return None
+    largest = max(pool.nodes, key=lambda n: (n.allocatable, n.gpu_memory_bytes or 0))
+    memory = largest.gpu_memory_bytes or pool.gpu_memory_bytes
+
+    def options(count: int) -> list[Suggestion]:
+        nodes = tuple(
+            PoolNode(
+                name=f"{largest.name}-like-{i}",
+                allocatable=largest.allocatable,
+                free=largest.allocatable,
+                gpu_memory_bytes=memory,
+            )
+            for i in range(count)
+        )
+        return suggest(spec, Pool(name=pool.name, nodes=nodes))
+
+    # More identical nodes only add strategies, so search by doubling, then bisect.
+    low, high = len(pool.nodes), len(pool.nodes) + 1
+    found = options(high)
+    while not found:
+        if high >= MAX_NODES:
+            return None
+        low, high = high, min(2 * high, MAX_NODES)
+        found = options(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        fewer = options(middle)
+        if fewer:
+            high, found = middle, fewer
+        else:
+            low = middle
+    return MoreNodes(
+        nodes=high,
+        gpus_per_node=largest.allocatable,
+        gpu_memory_bytes=spec.gpu.memory or memory,
+        suggestions=found,
     )
 
 
@@ -101,4 +170,18 @@ def candidates(spec: InferenceDeploymentSpec, pool: Pool) -> Iterator[Parallelis
         max_pipeline = min(budget // tensor, num_layers or MAX_PIPELINE_WITHOUT_LAYERS, MAX_DEGREE)
         for pipeline in range(1, max_pipeline + 1):
             for sequence in sorted({1, tensor}):
-                yield Parallelism(pipeline=pipeline, tensor=tensor, sequence=sequence)
+                for expert in expert_degrees(spec, tensor):
+                    yield Parallelism(
+                        pipeline=pipeline, tensor=tensor, sequence=sequence, expert=expert
+                    )
+
+
+def expert_degrees(spec: InferenceDeploymentSpec, tensor: int) -> list[int]:
+    """EP candidates: 1, and TP itself for a model whose routed experts TP divides — the two
+    layouts both engines run (vLLM's expert parallelism is EP = TP; SGLang's --ep-size may
+    also be a proper divisor, which the planner accepts when asked but does not propose)."""
+    arch = spec.model.architecture
+    experts = arch.experts if arch else None
+    if experts is None or tensor == 1 or experts.routed % tensor:
+        return [1]
+    return [1, tensor]
