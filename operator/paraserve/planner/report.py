@@ -200,8 +200,11 @@ def _weights_by_part(deployment: InferenceDeployment, plan: Plan) -> list[str]:
     q = arch.quantization
     fmt = {}
     if q is not None:
-        block = f" {q.block_size[0]}×{q.block_size[1]} blocks" if q.block_size else ""
-        name = {"fp8": f"fp8 +float32 scales of{block}", "mxfp4": "mxfp4 (4.25 bits)"}
+        block = f" {q.block_size[0]}×{q.block_size[1]} block" if q.block_size else ""
+        name = {
+            "fp8": f"fp8 + a float32 scale per{block}" if block else "fp8 + a scale per matrix",
+            "mxfp4": "mxfp4: 4 bits + an 8-bit scale per 32 = 4.25 bits",
+        }
         fmt = {part.value: f", {name[q.method.value]}" for part in q.parts}
     base = f", {spec.model.dtype.value}"
     attention = "q, k, v, o / TP"
@@ -236,10 +239,18 @@ def _weights_by_part(deployment: InferenceDeployment, plan: Plan) -> list[str]:
         ("MTP", by_part.multi_token_prediction_bytes),
     ]
     return [
-        f"    {name:<15} {format_bytes(value):>10}  {notes.get(name, '')}".rstrip()
+        f"    {name:<15} {_small_bytes(value):>10}  {notes.get(name, '')}".rstrip()
         for name, value in rows
         if value
     ]
+
+
+def _small_bytes(value: int) -> str:
+    """GB, or MB/KB for a part too small to show in GB (the norms)."""
+    for unit, scale in (("GB", 1e7), ("MB", 1e4)):
+        if value >= scale:
+            return format_bytes(value, unit)
+    return format_bytes(value, "KB")
 
 
 def _exact_notes(deployment: InferenceDeployment, plan: Plan) -> dict[str, str]:
