@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plan_builders import POOL_LABEL, node, pool_of
+from tests.builders import POOL_LABEL, node, pool_of
 
 from paraserve.api import InferenceDeploymentSpec
 from paraserve.cli import main
