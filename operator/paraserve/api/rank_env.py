@@ -28,6 +28,9 @@ SP_SIZE: Final = "PARASERVE_SP_SIZE"
 PP_RANK: Final = "PARASERVE_PP_RANK"
 TP_RANK: Final = "PARASERVE_TP_RANK"
 SP_RANK: Final = "PARASERVE_SP_RANK"
+# Set only with expert parallelism (EP > 1): the share of the routed experts the rank holds.
+EP_SIZE: Final = "PARASERVE_EP_SIZE"
+EP_RANK: Final = "PARASERVE_EP_RANK"
 STAGE_LAYERS: Final = "PARASERVE_STAGE_LAYERS"
 REPLICA: Final = "PARASERVE_REPLICA"
 TOPOLOGY: Final = "PARASERVE_TOPOLOGY"
@@ -65,6 +68,8 @@ class RankEnv:
     topology_path: str | None = None
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_path: str = DEFAULT_METRICS_PATH
+    ep_size: int = 1
+    ep_rank: int = 0
 
     @property
     def is_first_stage(self) -> bool:
@@ -122,6 +127,14 @@ class RankEnv:
                 f"{SP_RANK}={self.sp_rank} but it must be {sp_expected} "
                 f"(TP_RANK when SP_SIZE > 1, else 0)"
             )
+        if self.ep_size < 1 or self.tp_size % self.ep_size:
+            raise RankEnvError(f"{EP_SIZE}={self.ep_size} must divide {TP_SIZE}={self.tp_size}")
+        ep_expected = self.tp_rank // (self.tp_size // self.ep_size) if self.ep_size > 1 else 0
+        if self.ep_rank != ep_expected:
+            raise RankEnvError(
+                f"{EP_RANK}={self.ep_rank} but TP_RANK // (TP_SIZE / EP_SIZE) = "
+                f"{self.tp_rank} // {self.tp_size // self.ep_size} = {ep_expected}"
+            )
         if self.stage_layers is not None:
             start, end = self.stage_layers
             if not 0 <= start < end:
@@ -165,6 +178,9 @@ def rank_environ(
         TP_RANK: str(coordinates.tp_rank),
         SP_RANK: str(coordinates.sp_rank),
     }
+    if parallelism.expert > 1:
+        environ[EP_SIZE] = str(parallelism.expert)
+        environ[EP_RANK] = str(coordinates.ep_rank)
     if num_layers:
         start, end = stage_layers(num_layers, parallelism.pipeline)[coordinates.pp_rank]
         environ[STAGE_LAYERS] = f"{start}:{end}"
@@ -242,6 +258,8 @@ def parse_rank_env(environ: Mapping[str, str]) -> RankEnv:
         topology_path=topology,
         metrics_port=metrics_port,
         metrics_path=metrics_path,
+        ep_size=_int(environ, EP_SIZE, 1),
+        ep_rank=_int(environ, EP_RANK, 0),
     )
     if world_size > 1 and MASTER_ADDR not in environ:
         raise RankEnvError(f"{MASTER_ADDR} is not set (the DNS name of rank 0 of the replica)")

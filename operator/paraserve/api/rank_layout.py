@@ -14,12 +14,17 @@ from paraserve.api.spec import Parallelism
 
 @dataclass(frozen=True)
 class Rank:
-    """One rank of a replica: its global rank and its coordinates in the PP × TP grid."""
+    """One rank of a replica: its global rank and its coordinates in the PP × TP grid.
+
+    With expert parallelism, ``ep_rank`` says which share of the routed experts the rank holds:
+    tp_rank // (TP / EP), SGLang's moe_ep_rank (vLLM's EP = TP makes it tp_rank).
+    """
 
     rank: int
     pp_rank: int
     tp_rank: int
     sp_rank: int
+    ep_rank: int = 0
 
     @property
     def tp_group(self) -> int:
@@ -41,9 +46,26 @@ def ranks(parallelism: Parallelism) -> tuple[Rank, ...]:
             pp_rank=pp,
             tp_rank=tp,
             sp_rank=tp if sequence_parallel else 0,
+            ep_rank=ep_rank_of(tp, parallelism),
         )
         for pp in range(parallelism.pipeline)
         for tp in range(parallelism.tensor)
+    )
+
+
+def ep_rank_of(tp_rank: int, parallelism: Parallelism) -> int:
+    """The EP rank of a TP rank: consecutive runs of TP/EP ranks share one set of experts."""
+    if parallelism.expert <= 1:
+        return 0
+    return tp_rank // parallelism.expert_tensor
+
+
+def expert_ranges(routed: int, expert: int) -> tuple[tuple[int, int], ...]:
+    """Half-open [start, end) of the routed experts each EP rank holds, contiguous (the
+    engines' default, linear placement); they partition [0, routed) when EP divides it."""
+    per_rank = -(-routed // expert)
+    return tuple(
+        (min(e * per_rank, routed), min((e + 1) * per_rank, routed)) for e in range(expert)
     )
 
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from paraserve.api.base import describe_validation_error
 from paraserve.api.plan_report import Stage
 from paraserve.api.rank_env import DEFAULT_MASTER_PORT
+from paraserve.api.rank_layout import expert_ranges
 from paraserve.api.spec import Architecture, InferenceDeploymentSpec, Parallelism, Serving
 from paraserve.api.units import Dtype
 
@@ -61,18 +62,30 @@ def topology_document(
         "dtype": spec.model.dtype.value,
         "kvCacheDtype": spec.model.kv_dtype.value,
     }
-    if spec.model.architecture is not None:
-        model["architecture"] = spec.model.architecture.model_dump(
+    architecture = spec.model.architecture
+    if architecture is not None:
+        model["architecture"] = architecture.model_dump(
             mode="json", by_alias=True, exclude_none=True
         )
+    p = spec.parallelism
+    parallelism = {"pipeline": p.pipeline, "tensor": p.tensor, "sequence": p.sequence}
+    experts: dict[str, Any] = {}
+    if p.expert > 1:
+        # Expert parallelism: which routed experts each EP rank of a stage holds.
+        parallelism["expert"] = p.expert
+        if architecture is not None and architecture.experts is not None:
+            routed = architecture.experts.routed
+            experts = {
+                "experts": {
+                    "routed": routed,
+                    "ranges": [list(r) for r in expert_ranges(routed, p.expert)],
+                }
+            }
     return {
         "deployment": deployment,
         "namespace": namespace,
-        "parallelism": {
-            "pipeline": spec.parallelism.pipeline,
-            "tensor": spec.parallelism.tensor,
-            "sequence": spec.parallelism.sequence,
-        },
+        "parallelism": parallelism,
+        **experts,
         "worldSize": spec.parallelism.world_size,
         "model": model,
         "serving": {
