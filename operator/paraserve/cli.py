@@ -46,6 +46,11 @@ def register_plan(subcommands: Subcommands) -> None:
     )  # fmt: skip
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
     parser.add_argument(
+        "--config-maps", metavar="CONFIGMAPS.yaml",
+        help="ConfigMaps that model.architectureFrom may name (`kubectl get configmap NAME"
+        " -o yaml`, a List, or a stream)",
+    )  # fmt: skip
+    parser.add_argument(
         "--suggest", action="store_true",
         help="also list every strategy (PP, TP, SP) that fits the pool, best first"
         " (the text report of an infeasible plan always does)",
@@ -67,6 +72,8 @@ def run_plan(args: argparse.Namespace) -> int:
         nodes, pods = load_nodes_and_pods(_read(args.nodes), args.nodes)
     except DocumentError as error:
         raise BadInput(str(error)) from None
+    if deployment.spec.model.architecture_from is not None:
+        deployment = _resolve_architecture(deployment, args.config_maps)
     pool = Pool.from_objects(nodes, pods, deployment.spec)
     verdict = plan(deployment.spec, pool)
     # A person reading a rejection wants the way out; JSON stays the documented object unless asked.
@@ -87,6 +94,46 @@ def run_plan(args: argparse.Namespace) -> int:
             parallelism = deployment.spec.parallelism
             sys.stdout.write("\n" + render_suggestions(options, parallelism, more))
     return EXIT_OK if verdict.feasible else EXIT_INFEASIBLE
+
+
+def _resolve_architecture(deployment: Any, path: str | None) -> Any:
+    """The deployment with model.architectureFrom read from the ConfigMaps of ``path``."""
+    from paraserve.api import DocumentError, parse_documents
+    from paraserve.planner import ConfigError, resolve_architecture
+
+    source = deployment.spec.model.architecture_from
+    assert source is not None
+    name = source.config_map_key_ref.name
+    if path is None:
+        raise BadInput(
+            f"model.architectureFrom names ConfigMap {name!r}: pass it with --config-maps FILE"
+            f" (kubectl get configmap {name} -o yaml)"
+        )
+    try:
+        documents = parse_documents(_read(path), path)
+    except DocumentError as error:
+        raise BadInput(str(error)) from None
+    items: list[Any] = []
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == "List":
+            items += document.get("items") or []
+        else:
+            items.append(document)
+    data = next(
+        (
+            item.get("data") or {}
+            for item in items
+            if isinstance(item, dict)
+            and item.get("kind") == "ConfigMap"
+            and (item.get("metadata") or {}).get("name") == name
+        ),
+        None,
+    )
+    try:
+        spec = resolve_architecture(deployment.spec, data)
+    except ConfigError as error:
+        raise BadInput(f"{path}: {error}") from None
+    return deployment.model_copy(update={"spec": spec})
 
 
 def register_architecture(subcommands: Subcommands) -> None:

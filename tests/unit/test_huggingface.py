@@ -196,3 +196,21 @@ def test_cli_unsupported_model_type_is_exit_2(
     path.write_text("not json")
     assert main(["architecture", str(path)]) == 2
     assert "not JSON" in capsys.readouterr().err
+
+
+def test_plan_reads_architecture_from_a_config_map_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    examples = CONFIGS.parent
+    deployment = str(examples / "gpt-oss-120b-from-configmap.yaml")
+    nodes = str(examples / "nodes-1x8-h100-80g.yaml")
+    config_maps = str(examples / "configmap-gpt-oss-120b.yaml")
+    status = main(["plan", "-f", deployment, "--nodes", nodes, "--config-maps", config_maps])
+    out = capsys.readouterr().out
+    assert status == 0 and "116.83B parameters" in out
+    assert "mxfp4: 4 bits + an 8-bit scale per 32 = 4.25 bits" in out
+    assert main(["plan", "-f", deployment, "--nodes", nodes]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass it with --config-maps FILE" in err
+    assert main(["plan", "-f", deployment, "--nodes", nodes, "--config-maps", nodes]) == 2
+    assert "ConfigMap 'gpt-oss-120b' not found" in capsys.readouterr().err
