@@ -157,8 +157,9 @@ def unresolved_architecture(spec: InferenceDeploymentSpec) -> Check | None:
     ref = source.config_map_key_ref
     return failed(
         codes.UNRESOLVED_ARCHITECTURE,
-        f"model.architectureFrom names ConfigMap {ref.name!r} key {ref.key!r}, which has not been"
-        " read: resolve it (planner.resolve_architecture) before planning",
+        f"model.architectureFrom names ConfigMap {ref.name!r} key {ref.key!r}, not read before"
+        " planning; write model.architecture instead (`paraserve architecture CONFIG.json`"
+        " prints it)",
     )
 
 
