@@ -59,6 +59,20 @@ class ModelShape:
             raise ShapeError(
                 f"model.architecture lacks {', '.join(missing)}: the worker builds real layers"
             )
+        beyond = [
+            alias
+            for alias, value in (
+                ("experts", architecture.experts),
+                ("latentAttention", architecture.latent_attention),
+                ("quantization", architecture.quantization),
+            )
+            if value is not None
+        ]
+        if beyond:
+            raise ShapeError(
+                f"model.architecture has {', '.join(beyond)}: the reference worker builds dense"
+                " decoders only; serve this model with an engine (vLLM or SGLang)"
+            )
         assert architecture.num_layers and architecture.hidden_size
         assert architecture.num_attention_heads and architecture.intermediate_size
         assert architecture.vocab_size and architecture.kv_heads

@@ -55,6 +55,12 @@ def test_unsplittable_shapes_are_named() -> None:
         Shard(TINY, 3, 0)
 
 
+def test_models_beyond_a_dense_decoder_are_refused_in_one_line() -> None:
+    experts = {"routed": 4, "perToken": 2, "intermediateSize": 32}
+    with pytest.raises(ShapeError, match="has experts: the reference worker builds dense"):
+        ModelShape.from_wire(TINY_ARCHITECTURE | {"experts": experts})
+
+
 def test_tied_embeddings_are_held_once_when_pipeline_is_one() -> None:
     shape = ModelShape.from_wire(TINY_ARCHITECTURE | {"tieWordEmbeddings": True})
     weights = build_stage(shape)
