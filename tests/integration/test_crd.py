@@ -24,7 +24,12 @@ from paraserve.planner import Pool, plan
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "inferencedeployments.paraserve.dev.yaml"
 EXAMPLES = REPO / "examples"
-DEPLOYMENTS = ["review-pp4-tp2-sp2.yaml", "review-pp8-tp2-sp2.yaml", "llama-2-70b-exact.yaml"]
+DEPLOYMENTS = [
+    "review-pp4-tp2-sp2.yaml",
+    "review-pp8-tp2-sp2.yaml",
+    "llama-2-70b-exact.yaml",
+    "deepseek-v3.yaml",  # experts, latent attention, fp8 blocks, EP
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +95,16 @@ def test_examples_are_accepted_and_defaulted(crd: LocalCluster, namespace: str, 
         ({"model": {"name": "m", "architecture": {"numLayers": 80}}}, "give model.parameters"),
         ({"model": {"name": "m", "parameters": "70B", "dtype": "fp16"}}, "Unsupported value"),
         ({"gpu": {"memory": 1.5}}, "spec.gpu.memory"),
+        (
+            {
+                "model": {
+                    "name": "m",
+                    "architecture": {"numLayers": 2},
+                    "architectureFrom": {"configMapKeyRef": {"name": "llama"}},
+                }
+            },
+            "not both",
+        ),
     ],
 )
 def test_invalid_objects_are_rejected(
