@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from paraserve.api import ConditionType, MeasuredStatus, SloSpec, memory_column
+from paraserve.controller import merge_patch
 from paraserve.controller.measurement.metric_profiles import RankReading
 from paraserve.controller.measurement.quantile import (
     bucket_increase,
@@ -278,7 +279,11 @@ def status_patch(
         **({"observedGeneration": generation} if generation is not None else {}),
     }
     others = [c for c in conditions if c.get("type") != condition["type"]]
-    patch: dict[str, Any] = {"measured": dict(measured), "conditions": [*others, stamped]}
+    # A figure that drops out (no rate any more, no memory reading) is nulled, not left stale.
+    patch: dict[str, Any] = {
+        "measured": merge_patch.diff(current.get("measured"), measured),
+        "conditions": [*others, stamped],
+    }
     worst = measured.get("maxMemoryBytesPerGpu")
     if worst is not None:
         gpu = ((current.get("plan") or {}).get("memory") or {}).get("gpuMemoryBytes")

@@ -21,6 +21,7 @@ from paraserve.api import (
     memory_column,
 )
 from paraserve.api.labels import LABEL_DEPLOYMENT
+from paraserve.controller import merge_patch
 from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling.gang import Decision, GangState
 
@@ -243,8 +244,18 @@ def _with_times(
 
 
 def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch of the fields that differ; empty when nothing changed."""
-    patch = {key: value for key, value in desired.items() if current.get(key) != value}
+    """A JSON merge patch of the fields that differ; empty when nothing changed.
+
+    Nested objects (plan, ranks) are patched key by key, with a null for each key that is
+    no longer there (`plan.utilization` once `gpu.memory` is removed).
+    """
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        old = current.get(key)
+        if old == value:
+            continue
+        both_objects = isinstance(value, Mapping) and isinstance(old, Mapping)
+        patch[key] = merge_patch.diff(old, value) if both_objects else value
     owned_absent = ("plan", "gpusFree", "worldSize", "gpusRequired", "ranks")
     for key in owned_absent:
         if key not in desired and current.get(key) is not None:

@@ -355,3 +355,14 @@ def test_nothing_is_scraped_or_written_without_ready_ranks_of_a_planned_deployme
         return written, cluster.patches
 
     assert asyncio.run(asyncio.wait_for(scenario(), timeout=10)) == (False, [])
+
+
+def test_a_figure_that_drops_out_is_nulled_not_left_under_a_fresh_time() -> None:
+    from paraserve.controller import merge_patch
+
+    before = {"measured": _written(Measurement(throughput_rps=10, window_seconds=60.0))}
+    now = _written(Measurement(), at="2026-01-01T00:10:00Z")  # no rate any more
+    condition = {"type": "MeetsSLO", "status": "True", "reason": "NoObjectives", "message": ""}
+    patch = status_patch(now, condition, before, generation=1, now="2026-01-01T00:10:00Z")
+    assert patch["measured"]["throughputRps"] is None
+    assert merge_patch.apply(before, patch)["measured"] == now

@@ -165,3 +165,22 @@ def test_progress_only_patches_are_recognised():
     assert set(progress) == {"ranks", "conditions"} and is_progress_only(current, progress)
     done = status_patch(current, desired_status(observe(observed=pods()), current, NOW))
     assert "phase" in done and not is_progress_only(current, done)
+
+
+def test_a_plan_field_that_disappears_is_nulled_and_then_nothing_is_written():
+    """gpu.memory removed: plan.utilization goes; the merge patch must say so with a null."""
+    from paraserve.controller import merge_patch
+
+    before = desired_status(observe(observed=pods()), {}, NOW)
+    assert before["plan"]["utilization"] is not None
+    without_memory = spec().model_copy(
+        update={"gpu": spec().gpu.model_copy(update={"memory": None})}
+    )
+    after = desired_status(observe(without_memory, observed=pods()), before, NOW)
+    assert "utilization" not in after["plan"]
+    patch = status_patch(before, after)
+    assert patch["plan"]["utilization"] is None
+    stored = merge_patch.apply(before, patch)
+    assert stored["plan"] == after["plan"]
+    again = desired_status(observe(without_memory, observed=pods()), stored, NOW)
+    assert status_patch(stored, again) == {}
