@@ -38,14 +38,15 @@ NAMESPACED_GRANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("paraserve.dev/inferencedeployments", "*", ("list", "watch", "patch")),
     ("paraserve.dev/inferencedeployments/status", "*", ("patch",)),
     ("paraserve.dev/inferencedeployments/finalizers", "*", ("update",)),
-    ("/pods", "*", ("list", "watch", "create", "delete")),
-    ("/services", "*", ("create", "patch")),
-    ("/configmaps", "*", ("create", "patch")),
+    ("/pods", "*", ("get", "list", "watch", "create", "delete")),
+    ("/services", "*", ("get", "list", "watch", "create", "patch")),
+    ("/configmaps", "*", ("get", "list", "watch", "create", "patch", "delete")),
     ("/events", "*", ("create",)),
 )
 #: … on cluster-scoped resources …
 CLUSTER_GRANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("/nodes", "*", ("list", "watch")),
+    ("/namespaces", "*", ("get",)),
     ("apiextensions.k8s.io/customresourcedefinitions", "*", ("list", "watch")),
 )
 #: … with the self-managed webhook, its configuration …

@@ -7,6 +7,27 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 
+class NotLeader(Exception):
+    """A write refused before it was sent: this process no longer holds the Lease."""
+
+
+class WriteRefused(Exception):
+    """A write the API server refused for a reason the reconcile acts on, not retries."""
+
+    def __init__(self, message: str) -> None:
+        #: For a person: what was refused and why.
+        self.message = message
+        super().__init__(message)
+
+
+class NamespaceTerminating(WriteRefused):
+    """The namespace is being deleted: nothing can be created in it any more (HTTP 403)."""
+
+
+class NameTaken(WriteRefused):
+    """An object of the name exists and is not ours: it is never taken for ours (HTTP 409)."""
+
+
 class StatusWriter(Protocol):
     """Merge-patch a deployment (or its status) if unchanged since read; None on conflict."""
 
@@ -29,6 +50,10 @@ class ClusterWrites(StatusWriter, Protocol):
     async def apply(self, obj: Mapping[str, Any]) -> None: ...
 
     async def delete_pods(self, namespace: str, pods: Sequence[tuple[str, str]]) -> None: ...
+
+    async def delete_object(self, kind: str, namespace: str, name: str, uid: str) -> None: ...
+
+    async def namespace_terminating(self, namespace: str) -> bool: ...
 
     async def post_event(
         self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str

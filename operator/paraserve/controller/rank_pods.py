@@ -50,6 +50,8 @@ class RankPod:
     planned_node: str | None = None
     # Since when (epoch seconds) the scheduler has found no node for it, if it has not.
     unschedulable_since: float | None = None
+    # Since when (epoch seconds) it is bound to a node, if it is.
+    scheduled_since: float | None = None
     pod_ip: str | None = None
     # The metrics-address annotation, when set.
     metrics_address: str | None = None
@@ -68,15 +70,28 @@ class RankPod:
         """The rank is gone for good: its gang cannot heal."""
         return self.phase in _ENDED or self.terminating
 
-    def stuck(self, now: float, after: float) -> bool:
-        """Unschedulable for longer than `after`: its gang holds GPUs it cannot use."""
+    def stuck(self, now: float, after: float, start_after: float | None = None) -> bool:
+        """Unschedulable for longer than `after`, or bound but not started (ContainerCreating:
+        a volume that never mounts, an image that never comes) for longer than `start_after`:
+        its gang holds GPUs it cannot use."""
         since = self.unschedulable_since
-        return not self.node and since is not None and now - since > after
+        if not self.node:
+            return since is not None and now - since > after
+        bound = self.scheduled_since
+        return (
+            start_after is not None
+            and self.phase == "Pending"
+            and not self.terminating
+            and bound is not None
+            and now - bound > start_after
+        )
 
     @property
     def why(self) -> str:
         if self.unschedulable_since is not None and not self.node and not self.broken:
             return f"pod {self.name} could not be scheduled"
+        if self.node and self.phase == "Pending" and not self.broken:
+            return f"pod {self.name} did not start on node {self.node}"
         if self.terminating:
             return f"pod {self.name} was deleted"
         if self.reason == "Evicted":
@@ -108,6 +123,14 @@ class RankPod:
             ),
             None,
         )
+        scheduled = next(
+            (
+                c.get("lastTransitionTime")
+                for c in conditions
+                if c.get("type") == "PodScheduled" and c.get("status") == "True"
+            ),
+            None,
+        )
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         return cls(
             name=str(metadata.get("name", "")),
@@ -123,6 +146,7 @@ class RankPod:
             owner_uid=str(owners[0].get("uid", "")) if owners else "",
             planned_node=annotations.get(PLANNED_NODE_ANNOTATION),
             unschedulable_since=_epoch(unschedulable),
+            scheduled_since=_epoch(scheduled),
             pod_ip=status.get("podIP") or None,
             metrics_address=annotations.get(METRICS_ADDRESS_ANNOTATION) or None,
         )

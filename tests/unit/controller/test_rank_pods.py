@@ -94,4 +94,12 @@ def test_the_operator_keeps_one_index_of_rank_pods():
     watches.register(registry, None)  # type: ignore[arg-type]
     measure_loop.register(registry, None)  # type: ignore[arg-type]
     indexes = [h.id for h in registry._indexing.get_all_handlers()]
-    assert indexes == ["deployments", "nodes", "gpu_pods", rank_pods.INDEX]
+    # (and one each of the Services and ConfigMaps it owns, compared with what it would write)
+    assert indexes == [
+        "deployments",
+        "nodes",
+        "gpu_pods",
+        rank_pods.INDEX,
+        "services",
+        "configmaps",
+    ]

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from paraserve.api import ConditionType, InferenceDeploymentSpec, Phase
 from paraserve.controller.api_writes import StatusWriter
+from paraserve.controller.deployment_writes import DeploymentWrites
 from paraserve.controller.measurement.exposition import ExpositionError, parse
 from paraserve.controller.measurement.measured_status import (
     History,
@@ -51,7 +52,9 @@ class MeasureSettings:
     timeout: float = 3.0  # per request
     concurrency: int = 16  # requests in flight, over all deployments
     tolerance: float = 0.05  # relative change that is material
-    refresh: float = 300.0  # rewrite sampledAt at least this often
+    # Rewrite sampledAt at least this often; 0 (the default): only with a material change, so
+    # an idle deployment costs no write at all.
+    refresh: float = 0.0
     address_annotation: bool = False  # scrape the pod's metrics-address annotation, if set
 
     @classmethod
@@ -70,7 +73,7 @@ class MeasureSettings:
             ("timeout", float, 0, False),
             ("concurrency", int, 1, True),
             ("tolerance", float, 0, True),
-            ("refresh", float, 0, False),
+            ("refresh", float, 0, True),
         ):
             variable = f"PARASERVE_MEASURE_{name.upper()}"
             raw = environ.get(variable)
@@ -102,15 +105,24 @@ class Measurer:
         cluster: StatusWriter,
         settings: MeasureSettings,
         clock: Callable[[], float] = time.monotonic,
+        writes: DeploymentWrites | None = None,
+        may_act_on: Callable[[Key], bool] = lambda key: True,
     ) -> None:
         self.cluster = cluster
         self.settings = settings
         self.clock = clock
+        self.writes = writes or DeploymentWrites(cluster, self._watched)
+        # Whether the operator has seen the whole world before this deployment (the manager's).
+        self.may_act_on = may_act_on
         self.deployments: Mapping[Any, Iterable[Any]] = {}
         self.rank_pods: Mapping[Any, Iterable[RankPod]] = {}
         self._history: dict[Key, History] = {}
         self._unreachable: dict[Key, int] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def _watched(self, key: Key) -> Mapping[str, Any] | None:
+        store = self.deployments.get(key)
+        return next(iter(store), None) if store is not None else None
 
     def bind(self, indices: Mapping[str, Any]) -> None:
         self.deployments = indices["deployments"]
@@ -153,8 +165,9 @@ class Measurer:
         self, key: Key, session: aiohttp.ClientSession, limit: asyncio.Semaphore
     ) -> bool:
         """Scrape one deployment's ready ranks; True if status was written."""
-        store = self.deployments.get(key)
-        body = next(iter(store), None) if store is not None else None
+        if not self.may_act_on(key):
+            return False
+        body = self.writes.current(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return False
         status: dict[str, Any] = body.get("status") or {}
@@ -205,35 +218,41 @@ class Measurer:
         stamp = _now_iso()
         measured = measured_status(measurement, profile.name, stamp)
         condition = slo_condition(measurement, spec.slo)
-        previous = next(
-            (
-                c
-                for c in status.get("conditions") or []
-                if c.get("type") == ConditionType.MEETS_SLO.value
-            ),
-            None,
-        )
-        if not needs_write(
-            status.get("measured"),
-            measured,
-            previous,
-            condition,
-            datetime.datetime.now(datetime.UTC),
-            tolerance=self.settings.tolerance,
-            refresh_seconds=self.settings.refresh,
-        ):
-            return False
-        metadata = body["metadata"]
-        patch = status_patch(
-            measured, condition, status, generation=metadata.get("generation"), now=stamp
-        )
-        written = await self.cluster.patch_deployment(
-            key[0],
-            key[1],
-            {"status": patch},
-            resource_version=metadata.get("resourceVersion"),
-            subresource="status",
-        )
+        # The scrape took a while: decide and write on the deployment as it is now, in turn
+        # with the reconcile (one writer at a time, reading its own last write).
+        async with self.writes.lock(key):
+            body = self.writes.current(key)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return False
+            status = body.get("status") or {}
+            previous = next(
+                (
+                    c
+                    for c in status.get("conditions") or []
+                    if c.get("type") == ConditionType.MEETS_SLO.value
+                ),
+                None,
+            )
+            if not needs_write(
+                status.get("measured"),
+                measured,
+                previous,
+                condition,
+                datetime.datetime.now(datetime.UTC),
+                tolerance=self.settings.tolerance,
+                refresh_seconds=self.settings.refresh,
+            ):
+                return False
+            metadata = body["metadata"]
+            patch = status_patch(
+                measured, condition, status, generation=metadata.get("generation"), now=stamp
+            )
+            written = await self.writes.patch(
+                key,
+                {"status": patch},
+                resource_version=metadata.get("resourceVersion"),
+                subresource="status",
+            )
         return written is not None  # a conflict: the next interval reads the newer object
 
 

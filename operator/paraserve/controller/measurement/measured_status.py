@@ -244,10 +244,11 @@ def needs_write(
     now: datetime.datetime,
     *,
     tolerance: float = 0.05,
-    refresh_seconds: float = 300.0,
+    refresh_seconds: float = 0.0,
 ) -> bool:
     """Whether the change is material: a figure moved by more than `tolerance` (relative),
-    a count or the condition changed, or the last write is older than `refresh_seconds`."""
+    a count or the condition changed, or (if `refresh_seconds` is not 0) the last write is
+    older than that. Nothing else is: an idle deployment is never rewritten for a new time."""
     if not old or old_condition is None:
         return True
     if any(old_condition.get(k) != new_condition.get(k) for k in ("status", "reason")):
@@ -256,6 +257,8 @@ def needs_write(
         return True
     if any(_differs(old.get(k), new.get(k), tolerance) for k in MATERIAL_FIELDS):
         return True
+    if not refresh_seconds:
+        return False
     written = _parse_time(old.get("sampledAt"))
     return written is None or (now - written).total_seconds() >= refresh_seconds
 

@@ -46,6 +46,8 @@ class Observation:
     pods: Sequence[RankPod]
     state: GangState
     gpus_free: int | None
+    # Why an object could not be created: another object holds its name.
+    name_taken: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,9 @@ def conditions_of(obs: Observation, phase: Phase) -> list[dict[str, Any]]:
         return out
     counts = _counts(obs)
     assert counts is not None
-    if decision is not None and decision.waiting:
+    if obs.name_taken is not None:
+        scheduled = _condition(ConditionType.SCHEDULED, False, _NAME_TAKEN, obs.name_taken)
+    elif decision is not None and decision.waiting:
         warning = next((w for w in (plan.warnings if plan else []) if w.code == _FREE), None)
         replicas = ", ".join(str(r) for r in decision.waiting)
         message = warning.message if warning else f"replica {replicas} waits for free GPUs"
@@ -187,6 +191,7 @@ def conditions_of(obs: Observation, phase: Phase) -> list[dict[str, Any]]:
 
 
 _FREE: Final = "InsufficientFreeGPUs"
+_NAME_TAKEN: Final = "NameTaken"
 
 
 def desired_status(obs: Observation, current: Mapping[str, Any], now: str) -> dict[str, Any]:

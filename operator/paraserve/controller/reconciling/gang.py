@@ -18,6 +18,9 @@ from paraserve.controller.rank_pods import RankPod
 
 GANG_ANNOTATION: Final = "paraserve.dev/gang"
 
+# Beyond any cap in seconds (2**62 s), small enough for a float.
+MAX_EXPONENT: Final = 62
+
 
 @dataclass(frozen=True)
 class ReplicaState:
@@ -71,7 +74,7 @@ class GangState:
 
     @classmethod
     def parse(cls, text: str | None) -> GangState:
-        """From the annotation; anything unreadable is a fresh start, not a crash."""
+        """From the annotation (none: a fresh start); CorruptGangState when unreadable."""
         if not text:
             return cls()
         try:
@@ -80,9 +83,29 @@ class GangState:
                 int(key): ReplicaState.from_json(value)
                 for key, value in (data.get("replicas") or {}).items()
             }
-            return cls(replicas=replicas, restarts=int(data.get("restarts", 0)))
-        except (ValueError, TypeError, AttributeError):
-            return cls()
+            restarts = int(data.get("restarts", 0))
+        except (ValueError, TypeError, AttributeError) as error:
+            raise CorruptGangState(
+                f"annotation {GANG_ANNOTATION} is unreadable ({error}): {text[:80]!r}"
+            ) from None
+        if restarts < 0 or any(r < 0 for r in replicas):
+            raise CorruptGangState(f"annotation {GANG_ANNOTATION} has negative counts")
+        return cls(replicas=replicas, restarts=restarts)
+
+    @classmethod
+    def recovered(cls, pods: Iterable[RankPod], restarts: int) -> GangState:
+        """The state rebuilt when the annotation is lost: every replica with pods counts as
+        formed (a missing rank restarts its gang rather than joining one that cannot take it),
+        and the total of restarts is the one status showed."""
+        holding = {p.replica for p in pods if not p.terminating}
+        return cls(
+            replicas={r: ReplicaState(formed=True) for r in sorted(holding)},
+            restarts=max(0, restarts),
+        )
+
+
+class CorruptGangState(ValueError):
+    """The gang annotation cannot be read: restarts and back-off would silently start over."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +118,9 @@ class Backoff:
     reset_after: float = 600.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.cap, self.base * 2 ** max(attempt - 1, 0)))
+        # The exponent is capped, not the result: 2**1024 does not fit a float.
+        exponent = min(max(attempt - 1, 0), MAX_EXPONENT)
+        return float(min(self.cap, self.base * 2.0**exponent))
 
 
 @dataclass(frozen=True)
@@ -154,12 +179,14 @@ def decide(
     backoff: Backoff = Backoff(),
     recheck_after: float = 2.0,
     unschedulable_after: float = 120.0,
+    start_after: float | None = None,
 ) -> Decision:
     """One step towards `desired_replicas` gangs of `world_size` ranks of `template_hash`.
 
     `fits(n, r)` says whether n replicas, the n-th being replica r, fit the GPUs free now
     (own pods counted as free). A rank the scheduler cannot place for `unschedulable_after`
-    seconds fails its gang, so a half-placed replica gives its GPUs back and waits.
+    seconds fails its gang, so a half-placed replica gives its GPUs back and waits; so does
+    one bound to a node but not started within `start_after` seconds.
     """
     by_replica = group_by_replica(pods)
     b = _Builder(replicas=dict(state.replicas), restarts=state.restarts)
@@ -185,7 +212,7 @@ def decide(
         if not members:
             to_create.append(r)
             continue
-        broken = [p for p in members if p.broken or p.stuck(now, unschedulable_after)]
+        broken = [p for p in members if p.broken or p.stuck(now, unschedulable_after, start_after)]
         present = {p.rank for p in members}
         missing = [k for k in range(world_size) if k not in present]
         if broken or (current.formed and missing and not _outdated(members, template_hash)):

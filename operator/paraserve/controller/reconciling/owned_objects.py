@@ -68,8 +68,9 @@ def service_name(deployment: str) -> str:
     return deployment
 
 
-def topology_configmap_name(deployment: str) -> str:
-    return f"{deployment}-topology"
+def topology_configmap_name(deployment: str, hash_: str) -> str:
+    """One per template version: a rolling update never rewrites the old replicas' topology."""
+    return f"{deployment}-topology-{hash_}"
 
 
 def master_addr(deployment: str, namespace: str, replica: int) -> str:
@@ -215,10 +216,12 @@ def rank_pod(
     hash_: str,
     default_image: str,
     node: str | None = None,
+    counted_on: str | None = None,
 ) -> dict[str, Any]:
     """The pod of one rank: one GPU, the env contract, its DNS identity and its placement.
 
-    `node`: where the operator placed the rank's tensor-parallel group (pinned), if anywhere.
+    `node`: where the operator placed the rank's tensor-parallel group (pinned), if anywhere;
+    `counted_on`: where its GPU is counted until it is bound, when the scheduler picks the node.
     """
     name = pod_name(owner.name, replica, rank.rank)
     container: dict[str, Any] = {
@@ -252,7 +255,7 @@ def rank_pod(
             {
                 "name": "topology",
                 "configMap": {
-                    "name": topology_configmap_name(owner.name),
+                    "name": topology_configmap_name(owner.name, hash_),
                     "items": [{"key": TOPOLOGY_KEY, "path": TOPOLOGY_KEY}],
                 },
             },
@@ -269,6 +272,9 @@ def rank_pod(
     if node is not None:
         pod_spec.setdefault("affinity", {})["nodeAffinity"] = _pinned(node)
         annotations[PLANNED_NODE_ANNOTATION] = node
+    elif counted_on is not None:
+        # Not pinned: the annotation only tells other reconciles where its GPU is spoken for.
+        annotations[PLANNED_NODE_ANNOTATION] = counted_on
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -292,12 +298,15 @@ def replica_pods(
     default_image: str,
     only_ranks: Sequence[int] | None = None,
     group_nodes: Mapping[int, str] | None = None,
+    counted_on: Mapping[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The pods of one replica in Megatron rank order (optionally just some ranks).
 
-    `group_nodes` pins tensor-parallel groups (by pipeline rank) to nodes.
+    `group_nodes` pins tensor-parallel groups (by pipeline rank) to nodes; `counted_on`
+    (by rank) only says where unpinned ranks' GPUs are counted until they are bound.
     """
     nodes = group_nodes or {}
+    counted = counted_on or {}
     return [
         rank_pod(
             owner,
@@ -307,6 +316,7 @@ def replica_pods(
             hash_=hash_,
             default_image=default_image,
             node=nodes.get(rank.tp_group),
+            counted_on=counted.get(rank.rank),
         )
         for rank in ranks(spec.parallelism)
         if only_ranks is None or rank.rank in only_ranks
@@ -361,15 +371,20 @@ def topology(
 
 
 def topology_configmap(
-    owner: Owner, spec: InferenceDeploymentSpec, stages: Sequence[Stage]
+    owner: Owner, spec: InferenceDeploymentSpec, stages: Sequence[Stage], hash_: str
 ) -> dict[str, Any]:
+    """The topology of one template version (its pods mount it by name)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": topology_configmap_name(owner.name),
+            "name": topology_configmap_name(owner.name, hash_),
             "namespace": owner.namespace,
-            "labels": {**selector_labels(owner.name), LABEL_MANAGED_BY: MANAGER},
+            "labels": {
+                **selector_labels(owner.name),
+                LABEL_MANAGED_BY: MANAGER,
+                LABEL_TEMPLATE_HASH: hash_,
+            },
             "ownerReferences": [owner.reference],
         },
         "data": {TOPOLOGY_KEY: json.dumps(topology(owner, spec, stages), indent=1)},

@@ -2,18 +2,17 @@
 
 Everything is read from in-memory indexes kept by watches; the only API calls are the writes.
 A reconcile is level-triggered and idempotent: it may be interrupted at any line and simply
-runs again.
+runs again. What it owns (Service, topology ConfigMaps) is compared with what the watch shows,
+never with a memory of what was applied, so an object deleted out of band comes back.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -29,7 +28,8 @@ from paraserve.api import (
     describe_validation_error,
 )
 from paraserve.api.labels import LABEL_DEPLOYMENT
-from paraserve.controller.api_writes import ClusterWrites
+from paraserve.controller.api_writes import ClusterWrites, NamespaceTerminating, NameTaken
+from paraserve.controller.deployment_writes import DeploymentWrites
 from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling import owned_objects, placement
 from paraserve.controller.reconciling.deployment_status import (
@@ -42,6 +42,7 @@ from paraserve.controller.reconciling.deployment_status import (
 from paraserve.controller.reconciling.gang import (
     GANG_ANNOTATION,
     Backoff,
+    CorruptGangState,
     Decision,
     GangState,
     decide,
@@ -56,6 +57,8 @@ INVALID_SPEC: Final = "InvalidSpec"
 INVALID_NAME: Final = "InvalidName"
 #: Wrong whatever the cluster looks like (the others depend on the pool).
 STATIC_CODES: Final = frozenset({INVALID_SPEC, INVALID_NAME, codes.INVALID_PARALLELISM})
+NAME_TAKEN: Final = "NameTaken"
+GANG_STATE_UNREADABLE: Final = "GangStateUnreadable"
 # After a write conflict the watch has a newer object on its way; look again shortly.
 CONFLICT_RETRY: Final = 1.0
 # How long a placement holds its GPUs while the watch has not shown the pod (it normally does
@@ -63,6 +66,10 @@ CONFLICT_RETRY: Final = 1.0
 RESERVATION_SECONDS: Final = 30.0
 # Status writes that only count ranks (no phase, generation or condition change) are spaced.
 PROGRESS_WRITE_INTERVAL: Final = 1.0
+# A namespace seen terminating is left alone this long before it is looked at again.
+TERMINATING_RECHECK: Final = 60.0
+# An object of ours whose name another object holds: looked at again after this.
+NAME_TAKEN_RETRY: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,8 @@ class ControllerSettings:
     workers: int = 4
     # A rank the scheduler cannot place this long fails its gang (it is re-placed).
     unschedulable_after: float = 120.0
+    # A rank bound to a node but not started this long (ContainerCreating) fails its gang.
+    start_after: float = 600.0
 
 
 class Views:
@@ -101,6 +110,8 @@ class Views:
         self.nodes: Mapping[Any, Iterable[Any]] = {}
         self.gpu_pods: Mapping[Any, Iterable[Any]] = {}
         self.rank_pods: Mapping[Any, Iterable[Any]] = {}
+        self.services: Mapping[Any, Iterable[Any]] = {}
+        self.configmaps: Mapping[Any, Iterable[Any]] = {}
 
     def deployment(self, key: Key) -> dict[str, Any] | None:
         store = self.deployments.get(key)
@@ -118,12 +129,51 @@ class Views:
     def ranks_of(self, key: Key) -> list[RankPod]:
         return list(self.rank_pods.get(key, ()))
 
+    def owned_by(self, key: Key) -> list[dict[str, Any]]:
+        """The Services and ConfigMaps labelled as this deployment's, as the watch shows them."""
+        return [*self.services.get(key, ()), *self.configmaps.get(key, ())]
+
 
 ALL: Final = "all"
 
 
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _scheduled_message(status: Mapping[str, Any], reason: str) -> str | None:
+    """The message of the Scheduled condition if it has this reason (an Event was posted)."""
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == "Scheduled":
+            return str(condition.get("message")) if condition.get("reason") == reason else None
+    return None
+
+
+def contains(observed: Any, desired: Any) -> bool:
+    """Whether `observed` carries every field of `desired` (the server may add its own)."""
+    if isinstance(desired, Mapping):
+        return isinstance(observed, Mapping) and all(
+            contains(observed.get(key), value) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(observed) == len(desired)
+            and all(contains(o, d) for o, d in zip(observed, desired, strict=True))
+        )
+    return bool(observed == desired)
+
+
+def up_to_date(observed: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """An owned object as the watch shows it against the one the reconcile would write."""
+    metadata, wanted = observed.get("metadata") or {}, desired["metadata"]
+    if not contains(metadata.get("labels"), wanted.get("labels") or {}):
+        return False
+    if not contains(metadata.get("ownerReferences"), wanted.get("ownerReferences") or []):
+        return False
+    if "data" in desired and observed.get("data") != desired["data"]:
+        return False
+    return "spec" not in desired or contains(observed.get("spec"), desired["spec"])
 
 
 class Reconciler:
@@ -134,53 +184,87 @@ class Reconciler:
         settings: ControllerSettings,
         metrics: ReconcileMetrics,
         clock: Callable[[], float] = time.time,
+        writes: DeploymentWrites | None = None,
     ) -> None:
         self.cluster = cluster
         self.views = views
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
-        # Fingerprints of the Service and ConfigMap last applied, so they are written on change.
-        self._applied: dict[Key, str] = {}
+        self.writes = writes or DeploymentWrites(cluster, views.deployment)
         self._last_write: dict[Key, float] = {}
         # (namespace, pod) → (expiry, node): placed ranks not yet seen by the watch.
         self._reserved: dict[tuple[str, str], tuple[float, str]] = {}
+        # namespace → when it was seen being deleted
+        self._terminating: dict[str, float] = {}
 
     async def reconcile(self, key: Key) -> float | None:
         """Bring one deployment one step closer to its spec; the delay to look again, if any."""
-        body = self.views.deployment(key)
+        async with self.writes.lock(key):
+            try:
+                return await self._reconcile(key)
+            except NamespaceTerminating:
+                self._terminating[key[0]] = time.monotonic()
+                logger.info("%s: namespace is being deleted; leaving %s alone", *key)
+                return None
+
+    async def _reconcile(self, key: Key) -> float | None:
+        body = self.writes.current(key)
         if body is None:
-            self._applied.pop(key, None)
             self._last_write.pop(key, None)
+            self.writes.forget([key])
             return None
         metadata = body.get("metadata", {})
         if metadata.get("deletionTimestamp"):
             return None  # the garbage collector removes what we own
         namespace, name = key
+        seen_terminating = self._terminating.get(namespace)
+        if seen_terminating is not None:
+            if time.monotonic() - seen_terminating < TERMINATING_RECHECK:
+                return None
+            del self._terminating[namespace]
         status: dict[str, Any] = body.get("status") or {}
         resource_version = metadata.get("resourceVersion")
         uid = str(metadata.get("uid", ""))
         # Pods left by a deleted deployment of the same name wait for the garbage collector.
         pods = [p for p in self.views.ranks_of(key) if p.owner_uid in ("", uid)]
-        state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
+        unreadable: str | None = None
+        try:
+            state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
+        except CorruptGangState as error:
+            # Surfaced, and rebuilt from what is certain (never silently started over).
+            unreadable = str(error)
+            state = GangState.recovered(pods, int(status.get("restarts") or 0))
 
         judgement = self.judge(key, body.get("spec") or {})
         spec, rejection, verdict = judgement.spec, judgement.rejection, judgement.plan
         decision: Decision | None = None
         gpus_free: int | None = None
+        taken: str | None = None
         if spec is not None and verdict is not None and judgement.pool is not None:
             pool = judgement.pool
             own_used = sum(1 for p in pods if p.node and not p.broken)
             gpus_free = max(0, verdict.gpus_free - own_used)
             if rejection is None:
                 decision, placements = self._decide(key, spec, pool, pods, state)
-                applied = await self._act(
+                if unreadable is not None:
+                    decision = replace(decision, state_changed=True)
+                restarting = any(e.reason == "ReplicaRestart" for e in decision.events)
+                # Pods vanishing because their namespace goes are no gang failure.
+                if restarting and await self.cluster.namespace_terminating(namespace):
+                    raise NamespaceTerminating(f"namespace {namespace} is being deleted")
+                if unreadable is not None:
+                    logger.warning("%s/%s: %s; rebuilt from the pods", *key, unreadable)
+                    await self._event(body, "Warning", GANG_STATE_UNREADABLE, unreadable)
+                applied, taken = await self._act(
                     key, metadata, spec, verdict, decision, placements, resource_version
                 )
                 if applied is None:
                     return CONFLICT_RETRY
-                resource_version = applied
+                resource_version = applied or resource_version
                 state = decision.state
+                if taken is not None and taken != _scheduled_message(status, NAME_TAKEN):
+                    await self._event(body, "Warning", NAME_TAKEN, taken)
 
         observation = Observation(
             name=name,
@@ -192,10 +276,13 @@ class Reconciler:
             pods=pods,
             state=state,
             gpus_free=gpus_free,
+            name_taken=taken,
         )
         desired = desired_status(observation, status, _now_iso())
         patch = status_patch(status, desired)
         requeue = decision.requeue_after if decision is not None else None
+        if taken is not None:
+            requeue = min(requeue, NAME_TAKEN_RETRY) if requeue is not None else NAME_TAKEN_RETRY
         if patch and is_progress_only(status, patch):
             # Ranks becoming ready one by one: at most one such write per interval per deployment.
             wait = self._last_write.get(key, -1e9) + PROGRESS_WRITE_INTERVAL - time.monotonic()
@@ -203,12 +290,8 @@ class Reconciler:
                 return min(wait, requeue) if requeue is not None else wait
         if patch:
             self._last_write[key] = time.monotonic()
-            written = await self.cluster.patch_deployment(
-                namespace,
-                name,
-                {"status": patch},
-                resource_version=resource_version,
-                subresource="status",
+            written = await self.writes.patch(
+                key, {"status": patch}, resource_version=resource_version, subresource="status"
             )
             if written is None:
                 return CONFLICT_RETRY
@@ -265,32 +348,37 @@ class Reconciler:
         pods: list[RankPod],
         state: GangState,
     ) -> tuple[Decision, dict[int, dict[int, str]]]:
-        """The gang decision, and the node of each tensor-parallel group it creates (if pinned)."""
+        """The gang decision, and the node each rank it creates is counted on (by replica).
+
+        Every creation takes its GPUs out of what the next reconcile sees as free, pinned or
+        not: without that, two deployments reconciled before the watch shows the other's pods
+        would both take the same free GPUs. With tensor-parallel groups within nodes the
+        nodes are also pinned; otherwise the scheduler picks and only the count matters.
+        """
         tensor = spec.parallelism.tensor
+        world_size = spec.parallelism.world_size
         pin = spec.placement.tensor_parallel_within_node and tensor > 1
-        free: dict[str, int] = {}
-        if pin:
-            everyone = self.views.all_gpu_pods()
-            full = Pool.from_objects(self.views.all_nodes(), everyone, spec)
-            free = placement.free_by_node(full, everyone, spec.gpu.resource_name)
-            self._subtract_reserved(free, everyone)
-        placements: dict[int, dict[int, str]] = {}
+        # Pinned: whole tensor-parallel groups per node; else one rank at a time.
+        unit = tensor if pin else 1
+        everyone = self.views.all_gpu_pods()
+        full = Pool.from_objects(self.views.all_nodes(), everyone, spec)
+        free = placement.free_by_node(full, everyone, spec.gpu.resource_name)
+        self._subtract_reserved(free, everyone)
+        groups: dict[int, dict[int, str]] = {}
 
         def fits(replicas: int, replica: int) -> bool:
             wanted = spec.model_copy(update={"replicas": replicas})
             if not plan(wanted, pool).schedulable_now:
                 return False
-            if not pin:
-                return True
-            chosen = placement.place_groups(range(spec.parallelism.pipeline), tensor, free)
+            chosen = placement.place_groups(range(world_size // unit), unit, free)
             if chosen is None:
                 return False
-            placements[replica] = chosen
+            groups[replica] = chosen
             return True
 
         decision = decide(
             desired_replicas=spec.replicas,
-            world_size=spec.parallelism.world_size,
+            world_size=world_size,
             template_hash=owned_objects.template_hash(spec, self.settings.default_image),
             pods=pods,
             state=state,
@@ -298,22 +386,34 @@ class Reconciler:
             fits=fits,
             backoff=self.settings.backoff,
             unschedulable_after=self.settings.unschedulable_after,
+            start_after=self.settings.start_after,
         )
-        if pin:
-            # Ranks filled in after an interrupted creation join their group's node.
-            for replica, only in decision.create:
-                if only is None:
-                    continue
-                known = {
-                    p.rank // tensor: node
+        for replica, only in decision.create:
+            if only is None:
+                continue
+            # Ranks filled in after an interrupted creation: pinned ones join their group's node.
+            known = (
+                {
+                    p.rank // unit: node
                     for p in pods
                     if p.replica == replica and (node := p.planned_node or p.node)
                 }
-                missing = sorted({rank // tensor for rank in only} - set(known))
-                extra = placement.place_groups(missing, tensor, free) or {}
-                placements[replica] = {**known, **extra}
-            self._reserve(key, decision, placements, spec)
-        return decision, placements
+                if pin
+                else {}
+            )
+            missing = sorted({rank // unit for rank in only} - set(known))
+            extra = placement.place_groups(missing, unit, free) or {}
+            groups[replica] = {**known, **extra}
+        by_rank = {
+            replica: {
+                rank: node
+                for rank in range(world_size)
+                if (node := chosen.get(rank // unit)) is not None
+            }
+            for replica, chosen in groups.items()
+        }
+        self._reserve(key, decision, by_rank, spec)
+        return decision, by_rank
 
     def _subtract_reserved(self, free: dict[str, int], pods: list[dict[str, Any]]) -> None:
         """Ranks placed by a reconcile whose pods the watch has not shown yet still hold GPUs:
@@ -330,16 +430,15 @@ class Reconciler:
         self,
         key: Key,
         decision: Decision,
-        placements: Mapping[int, Mapping[int, str]],
+        nodes: Mapping[int, Mapping[int, str]],
         spec: InferenceDeploymentSpec,
     ) -> None:
         namespace, name = key
         expires = time.monotonic() + RESERVATION_SECONDS
-        tensor = spec.parallelism.tensor
         for replica, only in decision.create:
-            nodes = placements.get(replica) or {}
+            chosen = nodes.get(replica) or {}
             for rank in only if only is not None else range(spec.parallelism.world_size):
-                node = nodes.get(rank // tensor)
+                node = chosen.get(rank)
                 if node is not None:
                     pod = owned_objects.pod_name(name, replica, rank)
                     self._reserved[(namespace, pod)] = (expires, node)
@@ -351,26 +450,30 @@ class Reconciler:
         spec: InferenceDeploymentSpec,
         verdict: Plan,
         decision: Decision,
-        placements: Mapping[int, Mapping[int, str]],
+        nodes: Mapping[int, Mapping[int, str]],
         resource_version: str | None,
-    ) -> str | None:
-        """Persist gang state, then delete, then create. The resourceVersion after, or None."""
+    ) -> tuple[str | None, str | None]:
+        """Persist gang state, then delete, then create: the resourceVersion after (None on a
+        conflict), and why an object could not be created if another holds its name."""
         namespace, name = key
         if decision.state_changed:
             # The commit point: a restart counted here is counted once, even if we die next.
-            written = await self.cluster.patch_deployment(
-                namespace,
-                name,
+            written = await self.writes.patch(
+                key,
                 {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
                 resource_version=resource_version,
             )
             if written is None:
-                return None
+                return None, None
             resource_version = written.get("metadata", {}).get("resourceVersion")
         owner = owned_objects.Owner(
             name=name, namespace=namespace, uid=str(metadata.get("uid", ""))
         )
-        await self._apply_shared(key, owner, spec, verdict)
+        hash_ = owned_objects.template_hash(spec, self.settings.default_image)
+        try:
+            await self._apply_owned(key, owner, spec, verdict, hash_)
+        except NameTaken as error:
+            return resource_version or "", error.message
         if decision.delete:
             logger.info(
                 "%s/%s: deleting %d pods: %s",
@@ -381,7 +484,8 @@ class Reconciler:
             )
             await self.cluster.delete_pods(namespace, [(p.name, p.uid) for p in decision.delete])
         if decision.create:
-            hash_ = owned_objects.template_hash(spec, self.settings.default_image)
+            pin = spec.placement.tensor_parallel_within_node and spec.parallelism.tensor > 1
+            tensor = spec.parallelism.tensor
             manifests = [
                 pod
                 for replica, only in decision.create
@@ -392,10 +496,18 @@ class Reconciler:
                     hash_=hash_,
                     default_image=self.settings.default_image,
                     only_ranks=only,
-                    group_nodes=placements.get(replica),
+                    group_nodes=(
+                        {rank // tensor: node for rank, node in nodes.get(replica, {}).items()}
+                        if pin
+                        else None
+                    ),
+                    counted_on=None if pin else nodes.get(replica),
                 )
             ]
-            created = await self.cluster.create_all(manifests)
+            try:
+                created = await self.cluster.create_all(manifests)
+            except NameTaken as error:
+                return resource_version or "", error.message
             self.metrics.pods_created.inc(sum(created))
             logger.info(
                 "%s/%s: created %d of %d pods (the rest existed already)",
@@ -413,26 +525,34 @@ class Reconciler:
             if event.reason == "ReplicaRestart":
                 self.metrics.gang_restarts.inc()
             await self._event({"metadata": metadata}, event.type, event.reason, event.message)
-        return resource_version or ""
+        return resource_version or "", None
 
-    async def _apply_shared(
+    async def _apply_owned(
         self,
         key: Key,
         owner: owned_objects.Owner,
         spec: InferenceDeploymentSpec,
         verdict: Plan,
+        hash_: str,
     ) -> None:
-        """The headless Service and the topology ConfigMap, written when they change."""
-        objects = [
+        """The headless Service and this version's topology ConfigMap, written when the watch
+        shows them missing or different; topologies no pod uses any more are deleted."""
+        wanted = [
             owned_objects.headless_service(owner, spec),
-            owned_objects.topology_configmap(owner, spec, verdict.stages),
+            owned_objects.topology_configmap(owner, spec, verdict.stages, hash_),
         ]
-        fingerprint = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
-        if self._applied.get(key) == fingerprint:
-            return
-        for obj in objects:
-            await self.cluster.apply(obj)
-        self._applied[key] = fingerprint
+        observed = {(o.get("kind"), o["metadata"].get("name")): o for o in self.views.owned_by(key)}
+        for obj in wanted:
+            seen = observed.get((obj["kind"], obj["metadata"]["name"]))
+            if seen is None or not up_to_date(seen, obj):
+                await self.cluster.apply(obj)
+        in_use = {p.template_hash for p in self.views.ranks_of(key)} | {hash_}
+        for (kind, name), obj in observed.items():
+            labels = obj["metadata"].get("labels") or {}
+            version = labels.get(owned_objects.LABEL_TEMPLATE_HASH)
+            if kind == "ConfigMap" and version is not None and version not in in_use:
+                uid = str(obj["metadata"].get("uid", ""))
+                await self.cluster.delete_object("ConfigMap", owner.namespace, name, uid)
 
     async def _event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         metadata = body.get("metadata", {})

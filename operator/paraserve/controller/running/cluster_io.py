@@ -17,6 +17,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from paraserve.api import GROUP, PLURAL, VERSION
+from paraserve.controller.api_writes import NamespaceTerminating, NameTaken, NotLeader
 
 MERGE_PATCH: Final = "application/merge-patch+json"
 COMPONENT: Final = "paraserve-operator"
@@ -34,7 +35,9 @@ class ApiError(Exception):
             message = json.loads(body).get("message", body)
         except (ValueError, AttributeError):
             message = body
-        super().__init__(f"{verb} {path}: HTTP {status}: {str(message)[:300]}")
+        #: The API server's message, for a person.
+        self.message = str(message)[:300]
+        super().__init__(f"{verb} {path}: HTTP {status}: {self.message}")
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,15 @@ class Cluster:
         workers: int = 32,
         observe: CallObserver | None = None,
         timeout: float = 30.0,
+        may_write: Callable[[], bool] | None = None,
+        name: str = "k8s-api",
     ) -> None:
         self._api = api_client
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="k8s-api")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._observe = observe or (lambda verb, resource, status: None)
         self._timeout = timeout
+        # Leadership: checked before a write is queued and again just before it is sent.
+        self._may_write = may_write
 
     @property
     def configuration(self) -> Any:
@@ -116,6 +123,7 @@ class Cluster:
         query: Sequence[tuple[str, str]] = (),
         content_type: str = "application/json",
     ) -> Result:
+        self._check_leader(verb, path)
         loop = asyncio.get_running_loop()
         try:
             status, text = await loop.run_in_executor(
@@ -131,6 +139,10 @@ class Cluster:
             data = {"message": text}
         return Result(status=status, body=data if isinstance(data, dict) else {})
 
+    def _check_leader(self, verb: str, path: str) -> None:
+        if verb != "GET" and self._may_write is not None and not self._may_write():
+            raise NotLeader(f"{verb} {path}: not sent, the leader lease is lost")
+
     def _call(
         self,
         verb: str,
@@ -139,6 +151,8 @@ class Cluster:
         query: list[tuple[str, str]],
         content_type: str,
     ) -> tuple[int, str]:
+        # A call may wait in the pool while the lease runs out: look again before sending.
+        self._check_leader(verb, path)
         method, url, headers, payload, _ = self._api.param_serialize(
             method=verb,
             resource_path=path,
@@ -156,19 +170,43 @@ class Cluster:
     # -- owned objects ---------------------------------------------------------------------
 
     async def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create an object with a deterministic name: True if created, False if it existed."""
+        """Create an object with a deterministic name: True if created, False if it existed
+        already as ours (an earlier attempt got there first). NameTaken when it exists and
+        another owns it; NamespaceTerminating when the namespace is being deleted."""
         kind = obj["kind"]
         path = _collection_path(obj)
+        name = obj["metadata"]["name"]
         result = await self.request("POST", path, obj, resource=_COLLECTIONS[kind])
         if result.ok:
             return True
-        if result.status == 409:  # AlreadyExists: an earlier attempt got there first
+        if result.status == 409:
+            existing = await self.request(
+                "GET", f"{path}/{quote(name)}", resource=_COLLECTIONS[kind]
+            )
+            if existing.status == 404:  # gone again meanwhile: the next reconcile creates it
+                return False
+            if not existing.ok:
+                raise ApiError("get", f"{path}/{name}", existing.status, _t(existing))
+            owner = _controller_uid(obj)
+            if owner is not None and _controller_uid(existing.body) != owner:
+                holder = _controller_uid(existing.body) or "nobody"
+                raise NameTaken(
+                    f"{kind} {name} exists and is owned by {holder}, not by this deployment"
+                    f" ({owner}): delete or rename it"
+                )
             return False
-        raise ApiError("create", f"{path}/{obj['metadata']['name']}", result.status, _t(result))
+        if result.status == 403 and _namespace_terminating(result.body):
+            raise NamespaceTerminating(f"create {path}/{name}: {result.body.get('message', '')}")
+        raise ApiError("create", f"{path}/{name}", result.status, _t(result))
 
     async def create_all(self, objs: Sequence[Mapping[str, Any]]) -> list[bool]:
-        """Create concurrently (one round-trip time for a whole replica, not one per rank)."""
-        return list(await asyncio.gather(*(self.create(obj) for obj in objs)))
+        """Create concurrently (one round-trip time for a whole replica, not one per rank);
+        every call ends before the first error is raised (a terminating namespace first)."""
+        results = await asyncio.gather(*(self.create(obj) for obj in objs), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, NamespaceTerminating)), errors[0])
+        return [bool(r) for r in results]
 
     async def apply(self, obj: Mapping[str, Any]) -> None:
         """Create, or bring an existing object's data/spec up to date (merge patch)."""
@@ -193,6 +231,27 @@ class Cluster:
 
     async def delete_pods(self, namespace: str, pods: Sequence[tuple[str, str]]) -> None:
         await asyncio.gather(*(self.delete_pod(namespace, name, uid) for name, uid in pods))
+
+    async def delete_object(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Delete exactly the object observed (uid precondition); gone is success."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
+        collection = _collection_path({"kind": kind, "metadata": {"namespace": namespace}})
+        path = f"{collection}/{quote(name)}"
+        result = await self.request("DELETE", path, body, resource=_COLLECTIONS[kind])
+        if not result.ok and result.status not in (404, 409):
+            raise ApiError("delete", path, result.status, _t(result))
+
+    async def namespace_terminating(self, namespace: str) -> bool:
+        """Whether the namespace is being deleted (or gone): its pods go with it."""
+        path = f"/api/v1/namespaces/{quote(namespace)}"
+        result = await self.request("GET", path, resource="namespaces")
+        if result.status == 404:
+            return True
+        if not result.ok:
+            return False  # cannot tell: treat it as a gang failure, as before
+        metadata = result.body.get("metadata") or {}
+        phase = (result.body.get("status") or {}).get("phase")
+        return bool(metadata.get("deletionTimestamp")) or phase == "Terminating"
 
     # -- the InferenceDeployment -------------------------------------------------------------
 
@@ -279,3 +338,19 @@ class Cluster:
 
 def _t(result: Result) -> str:
     return json.dumps(result.body)
+
+
+def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """uid of the controller in an object's ownerReferences, if it has one."""
+    for reference in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if reference.get("controller"):
+            return str(reference.get("uid", ""))
+    return None
+
+
+def _namespace_terminating(status: Mapping[str, Any]) -> bool:
+    """A Status refusing a create because its namespace is being deleted."""
+    causes = (status.get("details") or {}).get("causes") or []
+    if any(c.get("reason") == "NamespaceTerminating" for c in causes if isinstance(c, Mapping)):
+        return True
+    return "because it is being terminated" in str(status.get("message", ""))

@@ -5,6 +5,12 @@ duration (measured on the candidate's own clock, so clock skew between nodes doe
 and the leader renews it every retry period. A leader that cannot renew within the renew
 deadline stops acting; the process then exits so its supervisor restarts it as a candidate.
 A restarted process with the same identity (the pod name) takes its own Lease back at once.
+
+Every call is bounded by what is left of the renew deadline, and the right to write (the
+`Fence`) runs out at the renew deadline after the last renewal that succeeded, measured from
+when that renewal started: before any other replica can see the Lease expire. The elector
+should have a Cluster of its own (its own threads and connections), so that a pool busy with
+pod creates never delays a renewal.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import datetime
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +37,26 @@ class LeaseTimings:
     retry_period: float = 2.0
 
 
+class Fence:
+    """Until when this process may write: the renew deadline after the last renewal began."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.valid_until = float("-inf")
+
+    def extend(self, renewal_started: float, renew_deadline: float) -> None:
+        self.valid_until = max(self.valid_until, renewal_started + renew_deadline)
+
+    def revoke(self) -> None:
+        self.valid_until = float("-inf")
+
+    def held(self) -> bool:
+        return self.clock() < self.valid_until
+
+    def left(self) -> float:
+        return self.valid_until - self.clock()
+
+
 def _micro_time() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -43,12 +70,14 @@ class LeaderElector:
         name: str,
         identity: str,
         timings: LeaseTimings = LeaseTimings(),
+        fence: Fence | None = None,
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.name = name
         self.identity = identity
         self.timings = timings
+        self.fence = fence or Fence()
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
 
@@ -63,12 +92,18 @@ class LeaderElector:
         """Return once this process holds the Lease."""
         announced = False
         while True:
+            started = time.monotonic()
             try:
-                acquired = await self._try_acquire_or_renew()
+                acquired = await asyncio.wait_for(
+                    self._try_acquire_or_renew(), timeout=self.timings.renew_deadline
+                )
             except Exception as error:  # the API server may be briefly away: keep trying
-                logger.warning("cannot reach lease %s/%s: %s", self.namespace, self.name, error)
+                logger.warning(
+                    "cannot reach lease %s/%s: %s", self.namespace, self.name, error or "timeout"
+                )
                 acquired = False
             if acquired:
+                self.fence.extend(started, self.timings.renew_deadline)
                 logger.info("acquired lease %s/%s as %s", self.namespace, self.name, self.identity)
                 return
             if not announced:
@@ -79,23 +114,33 @@ class LeaderElector:
             await asyncio.sleep(self.timings.retry_period)
 
     async def hold(self) -> None:
-        """Renew until a renewal fails for longer than the renew deadline; then return."""
-        last_renewal = time.monotonic()
+        """Renew every retry period; return once no renewal succeeded for the renew deadline.
+
+        No call may outlive the fence: a renewal that hangs is abandoned when the right to
+        write runs out, and the fence is revoked before this returns.
+        """
         while True:
-            await asyncio.sleep(self.timings.retry_period)
+            await asyncio.sleep(min(self.timings.retry_period, max(0.0, self.fence.left())))
+            started = time.monotonic()
+            left = self.fence.left()
+            if left <= 0:
+                break
             try:
-                renewed = await self._try_acquire_or_renew()
+                renewed = await asyncio.wait_for(self._try_acquire_or_renew(), timeout=left)
+            except TimeoutError:
+                logger.warning("lease renewal did not answer within %.1fs", left)
+                renewed = False
             except Exception as error:
                 logger.warning("lease renewal failed: %s", error)
                 renewed = False
             if renewed:
-                last_renewal = time.monotonic()
-            elif time.monotonic() - last_renewal > self.timings.renew_deadline:
-                logger.error("lost lease %s/%s", self.namespace, self.name)
-                return
+                self.fence.extend(started, self.timings.renew_deadline)
+        self.fence.revoke()
+        logger.error("lost lease %s/%s", self.namespace, self.name)
 
     async def release(self) -> None:
         """Give the Lease up on a clean shutdown, so a standby takes over at once."""
+        self.fence.revoke()
         current = await self.cluster.request("GET", self.path, resource="leases")
         spec = current.body.get("spec") or {}
         if not current.ok or spec.get("holderIdentity") != self.identity:

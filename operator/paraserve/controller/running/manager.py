@@ -1,15 +1,25 @@
-"""Runs reconciles: a work queue fed by watch events, a few workers, retries and a resync."""
+"""Runs reconciles: a work queue fed by watch events, a few workers, retries and a resync.
+
+Nothing here acts on a deployment before kopf has shown it through a watch handler: kopf calls
+a handler only once every index of the watches started with it has been fully listed, so by
+then the deployment's rank pods are all in memory. Before that, a reconcile would see a
+running gang with ranks missing and tear it down (the resync, the measurement loop and
+events of other objects can all ask for a deployment earlier).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 from paraserve.api import Phase
 from paraserve.controller import rank_pods
+from paraserve.controller.api_writes import NotLeader
+from paraserve.controller.reconciling.gang import MAX_EXPONENT
 from paraserve.controller.reconciling.reconcile import CONFLICT_RETRY, Key, Reconciler, Views
 from paraserve.controller.running.cluster_io import ApiError
 from paraserve.controller.running.operator_metrics import OperatorMetrics
@@ -21,28 +31,89 @@ logger = logging.getLogger("paraserve.controller")
 #: whenever GPUs or nodes change (a waiting deployment starts by itself).
 _SETTLED: Final = (Phase.READY.value, Phase.RUNNING.value)
 
+#: Retries of a failing reconcile: 0.5 s doubling up to a minute.
+RETRY_BASE: Final = 0.5
+RETRY_MAX: Final = 60.0
+
+
+def retry_delay(failures: int) -> float:
+    """The delay before the next attempt; the exponent is capped, so it never overflows."""
+    return min(RETRY_MAX, RETRY_BASE * 2.0 ** min(failures, MAX_EXPONENT))
+
 
 class Manager:
-    def __init__(self, reconciler: Reconciler, metrics: OperatorMetrics) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        metrics: OperatorMetrics,
+        *,
+        acting: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.reconciler = reconciler
         self.views: Views = reconciler.views
         self.metrics = metrics
+        # False once leadership is lost: no reconcile starts any more.
+        self.acting = acting
         self.queue: WorkQueue[Key] = WorkQueue()
+        #: Deployments kopf has shown us through a watch handler (see the module's docstring).
+        self.seen: set[Key] = set()
+        self.listed_after: float | None = None
         self._failures: dict[Key, int] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._started = time.monotonic()
+        self._stopping = False
 
-    # -- fed by the watch handlers -----------------------------------------------------------
+    # -- fed by the watch handlers (on the event loop; from a thread they hand off to it) -----
+
+    def deployment_event(self, key: Key, *, deleted: bool) -> None:
+        """The deployment's own watch event: from now on it may be reconciled."""
+        if self._off_loop():
+            self._hand_off(self.deployment_event, key, deleted=deleted)
+            return
+        self._note_listed()
+        if deleted:
+            self.seen.discard(key)
+        else:
+            self.seen.add(key)
+        self.enqueue(key)
 
     def enqueue(self, key: Key) -> None:
+        if self._off_loop():
+            self._hand_off(self.enqueue, key)
+            return
+        self._note_listed()
         self.queue.add(key)
         self.metrics.queue_depth.set(len(self.queue))
 
     def poke_unsettled(self) -> None:
         """GPUs or nodes changed: look again at every deployment that is not running."""
-        for key in self.views.deployment_keys():
+        if self._off_loop():
+            self._hand_off(self.poke_unsettled)
+            return
+        self._note_listed()
+        for key in sorted(self.seen):
             body = self.views.deployment(key) or {}
             if (body.get("status") or {}).get("phase") not in _SETTLED:
                 self.enqueue(key)
+
+    def may_act_on(self, key: Key) -> bool:
+        """Whether every index was listed before this deployment was seen (for other loops)."""
+        return key in self.seen and self.acting()
+
+    def _off_loop(self) -> bool:
+        return self._loop_thread is not None and self._loop_thread != threading.get_ident()
+
+    def _hand_off(self, fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(lambda: fn(*args, **kwargs))
+
+    def _note_listed(self) -> None:
+        """kopf calls watch handlers only once its indexes are listed: say when that was."""
+        if self.listed_after is None:
+            self.listed_after = time.monotonic() - self._started
+            logger.info("every watch listed and indexed after %.1fs", self.listed_after)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -52,51 +123,95 @@ class Manager:
         self.views.nodes = indices["nodes"]
         self.views.gpu_pods = indices["gpu_pods"]
         self.views.rank_pods = indices[rank_pods.INDEX]
+        self.views.services = indices["services"]
+        self.views.configmaps = indices["configmaps"]
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stopping = False
         workers = max(1, self.reconciler.settings.workers)
         for number in range(workers):
-            self._tasks.append(asyncio.create_task(self._work(), name=f"reconcile-{number}"))
-        self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+            self._spawn(f"reconcile-{number}", self._work)
+        self._spawn("resync", self._resync)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self.queue.close()
+
+    def _spawn(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.create_task(body(), name=name)
+        self._tasks[name] = task
+        task.add_done_callback(lambda done: self._ended(name, body, done))
+
+    def _ended(
+        self,
+        name: str,
+        body: Callable[[], Coroutine[Any, Any, None]],
+        task: asyncio.Task[None],
+    ) -> None:
+        """A worker or the resync must never end while the operator runs: say why, restart it."""
+        if self._stopping or task.cancelled():
+            return
+        error = task.exception()
+        logger.error("task %s ended; restarting it", name, exc_info=error)
+        self.metrics.errors.labels(kind="TaskDied").inc()
+        self._spawn(name, body)
 
     async def _resync(self) -> None:
         """Level-triggered safety net: every deployment is looked at periodically."""
         while True:
             await asyncio.sleep(self.reconciler.settings.resync_seconds)
-            for key in self.views.deployment_keys():
+            for key in sorted(self.seen):
                 self.enqueue(key)
 
     async def _work(self) -> None:
         while True:
             key = await self.queue.get()
-            self.metrics.queue_depth.set(len(self.queue))
-            started = time.monotonic()
             try:
-                delay = await self.reconciler.reconcile(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                failures = self._failures.get(key, 0) + 1
-                self._failures[key] = failures
-                retry = min(60.0, 0.5 * 2**failures)
-                kind = type(error).__name__ if not isinstance(error, ApiError) else "ApiError"
-                self.metrics.errors.labels(kind=kind).inc()
-                self.metrics.reconciles.labels(result="error").inc()
-                logger.warning("reconcile of %s/%s failed (retry in %.1fs): %s", *key, retry, error)
-                self.queue.add_after(key, retry)
-            else:
-                self._failures.pop(key, None)
-                result = "conflict" if delay == CONFLICT_RETRY else "ok"
-                self.metrics.reconciles.labels(result=result).inc()
-                if delay is not None:
-                    self.queue.add_after(key, delay)
+                await self._reconcile(key)
             finally:
-                self.metrics.reconcile_seconds.observe(time.monotonic() - started)
                 self.queue.done(key)
+                self.metrics.queue_depth.set(len(self.queue))
+
+    async def _reconcile(self, key: Key) -> None:
+        if not self.acting():
+            return  # leadership is lost: the process is on its way out
+        if key not in self.seen and self.views.deployment(key) is not None:
+            return  # its own watch event comes once every index is listed, and queues it
+        started = time.monotonic()
+        try:
+            delay = await self.reconciler.reconcile(key)
+        except asyncio.CancelledError:
+            raise
+        except NotLeader:
+            return
+        except Exception as error:
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            retry = retry_delay(failures)
+            expected = isinstance(error, ApiError)
+            kind = "ApiError" if expected else type(error).__name__
+            self.metrics.errors.labels(kind=kind).inc()
+            self.metrics.reconciles.labels(result="error").inc()
+            logger.warning(
+                "reconcile of %s/%s failed (retry in %.1fs): %s",
+                *key,
+                retry,
+                error,
+                exc_info=None if expected else error,
+            )
+            self.queue.add_after(key, retry)
+        else:
+            self._failures.pop(key, None)
+            result = "conflict" if delay == CONFLICT_RETRY else "ok"
+            self.metrics.reconciles.labels(result=result).inc()
+            if delay is not None:
+                self.queue.add_after(key, delay)
+        finally:
+            self.metrics.reconcile_seconds.observe(time.monotonic() - started)

@@ -67,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=120.0,
         help="seconds a rank may stay unschedulable before its gang is recreated elsewhere",
     )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a rank bound to a node may take to start (ContainerCreating: volumes,"
+        " image pull) before its gang is recreated",
+    )
     parser.add_argument("--log-format", choices=("json", "plain", "full"), default="json")
     parser.add_argument("-v", "--verbose", action="store_true")
     webhook_options.add_arguments(parser)
@@ -117,6 +124,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             backoff_base=args.restart_backoff,
             backoff_max=args.restart_backoff_max,
             unschedulable_after=args.unschedulable_timeout,
+            start_after=args.start_timeout,
         ),
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
@@ -155,9 +163,16 @@ def _check_ranges(args: argparse.Namespace) -> None:
         ("--restart-backoff", args.restart_backoff),
         ("--restart-backoff-max", args.restart_backoff_max),
         ("--unschedulable-timeout", args.unschedulable_timeout),
+        ("--start-timeout", args.start_timeout),
     ):
         if not 0 < seconds < float("inf"):
             raise ValueError(f"{flag} {seconds:g}: seconds must be > 0")
+    if not args.retry_period < args.renew_deadline < args.lease_duration:
+        raise ValueError(
+            f"--retry-period {args.retry_period:g} < --renew-deadline {args.renew_deadline:g}"
+            f" < --lease-duration {args.lease_duration:g} must hold: a leader stops writing"
+            " before its lease can expire"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

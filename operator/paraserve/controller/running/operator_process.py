@@ -24,7 +24,7 @@ from paraserve.controller.reconciling.gang import Backoff
 from paraserve.controller.reconciling.reconcile import ControllerSettings, Reconciler, Views
 from paraserve.controller.running import watches
 from paraserve.controller.running.cluster_io import Cluster, load_api_client
-from paraserve.controller.running.leader import LeaderElector, LeaseTimings
+from paraserve.controller.running.leader import Fence, LeaderElector, LeaseTimings
 from paraserve.controller.running.manager import Manager
 from paraserve.controller.running.operator_metrics import OperatorMetrics
 
@@ -63,6 +63,7 @@ def operator_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    watches.watch_only_ours(settings)
     return settings
 
 
@@ -102,7 +103,12 @@ def build_registry(manager: Manager, cluster: Cluster) -> kopf.OperatorRegistry:
     watches.register(registry, manager)
     measure_loop.register(
         registry,
-        measure_loop.Measurer(cluster, measure_loop.MeasureSettings.from_environ()),
+        measure_loop.Measurer(
+            cluster,
+            measure_loop.MeasureSettings.from_environ(),
+            writes=manager.reconciler.writes,
+            may_act_on=manager.may_act_on,
+        ),
     )
     return registry
 
@@ -143,15 +149,31 @@ async def serve(options: OperatorOptions) -> int:
     metrics = OperatorMetrics()
     if options.metrics_port:
         metrics.serve(options.metrics_port, options.metrics_address)
-    cluster = Cluster(load_api_client(options.kubeconfig), observe=metrics.observe_call)
+    fence = Fence() if options.leader_elect else None
+    cluster = Cluster(
+        load_api_client(options.kubeconfig),
+        observe=metrics.observe_call,
+        may_write=fence.held if fence is not None else None,
+    )
     elector: LeaderElector | None = None
+    lease_cluster: Cluster | None = None
     if options.leader_elect:
+        # Its own threads, connections and a deadline shorter than the lease: renewals never
+        # wait behind pod creates, and never hang past the renew deadline.
+        lease_cluster = Cluster(
+            load_api_client(options.kubeconfig, pool_size=4),
+            workers=4,
+            observe=metrics.observe_call,
+            timeout=options.lease.renew_deadline,
+            name="lease-api",
+        )
         elector = LeaderElector(
-            cluster,
+            lease_cluster,
             namespace=options.lease_namespace,
             name=options.lease_name,
             identity=options.identity or default_identity(),
             timings=options.lease,
+            fence=fence,
         )
         if options.health_port:
             async with standby_health(options.health_address, options.health_port):
@@ -160,7 +182,11 @@ async def serve(options: OperatorOptions) -> int:
             await elector.acquire()
         metrics.leader.set(1)
 
-    manager = Manager(Reconciler(cluster, Views(), options.controller, metrics), metrics)
+    manager = Manager(
+        Reconciler(cluster, Views(), options.controller, metrics),
+        metrics,
+        acting=fence.held if fence is not None else (lambda: True),
+    )
     registry = build_registry(manager, cluster)
     settings = operator_settings(options)
     if options.webhook is not None:
@@ -200,19 +226,31 @@ async def serve(options: OperatorOptions) -> int:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if lost is not None and lost in done:
-            # Another replica may be acting already: stop at once, never act twice.
+            # The fence stopped every write already; stop kopf too, and let the supervisor
+            # restart us as a candidate.
+            if lost.exception() is not None:
+                logger.error("lease renewal crashed", exc_info=lost.exception())
+            if fence is not None:
+                fence.revoke()
             stop.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(kopf_task, timeout=10)
             return 1
+        error = None if kopf_task.cancelled() else kopf_task.exception()
+        if error is not None:
+            # kopf's own failure is the operator's: a non-zero exit, with the traceback.
+            logger.error("kopf stopped with an error", exc_info=error)
+            return 1
         return 0
     finally:
         metrics.leader.set(0)
-        if lost is not None and not lost.done():
+        if elector is not None and lost is not None and not lost.done():
             lost.cancel()
             with contextlib.suppress(Exception):
-                await elector.release()  # type: ignore[union-attr]
+                await asyncio.wait_for(elector.release(), timeout=options.lease.renew_deadline)
         cluster.close()
+        if lease_cluster is not None:
+            lease_cluster.close()
 
 
 def run(options: OperatorOptions) -> int:
@@ -231,6 +269,7 @@ def controller_settings(
     backoff_base: float,
     backoff_max: float,
     unschedulable_after: float = 120.0,
+    start_after: float = 600.0,
 ) -> ControllerSettings:
     return ControllerSettings(
         default_image=default_image,
@@ -238,4 +277,5 @@ def controller_settings(
         resync_seconds=resync,
         workers=workers,
         unschedulable_after=unschedulable_after,
+        start_after=start_after,
     )

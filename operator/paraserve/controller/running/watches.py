@@ -13,11 +13,16 @@ from typing import Any, Final
 import kopf
 
 from paraserve.api import GROUP, PLURAL, VERSION
-from paraserve.api.labels import LABEL_DEPLOYMENT, PLANNED_NODE_ANNOTATION
+from paraserve.api.labels import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    MANAGER,
+    PLANNED_NODE_ANNOTATION,
+)
 from paraserve.controller import rank_pods
 from paraserve.controller.bodies import plain
 from paraserve.controller.reconciling.gang import GANG_ANNOTATION
-from paraserve.controller.reconciling.reconcile import ALL
+from paraserve.controller.reconciling.reconcile import ALL, Key
 from paraserve.controller.running.manager import Manager
 
 # Resources a scheduler counts that are not accelerators.
@@ -99,19 +104,51 @@ def gpu_pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def owned_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the reconcile compares of a Service or ConfigMap it owns (the rest is the server's)."""
+    metadata = body.get("metadata") or {}
+    view: dict[str, Any] = {
+        "kind": body.get("kind"),
+        "metadata": {
+            key: plain(metadata[key])
+            for key in ("name", "namespace", "uid", "labels", "ownerReferences")
+            if key in metadata
+        },
+    }
+    for key in ("spec", "data", "immutable"):
+        if key in body:
+            view[key] = plain(body[key])
+    return view
+
+
+def _owner_key(body: kopf.Body) -> Key | None:
+    owner = (body.metadata.labels or {}).get(LABEL_DEPLOYMENT)
+    return (str(body.metadata.namespace), owner) if owner else None
+
+
+#: Services and ConfigMaps are watched only if ours (a server-side selector: not every
+#: ConfigMap of the cluster passes through the operator).
+OWNED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGER}"
+OWNED_RESOURCES: Final = ("services", "configmaps")
+
+
 def register(registry: kopf.OperatorRegistry, manager: Manager) -> None:
-    """Register the indexes and watch handlers of one operator on `registry`."""
+    """Register the indexes and watch handlers of one operator on `registry`.
+
+    Every handler is `async def`: kopf runs a plain `def` in a thread pool, and these touch
+    the work queue and read live indexes, which only the event loop may do.
+    """
 
     @kopf.index(GROUP, VERSION, PLURAL, id="deployments", registry=registry)
-    def deployments(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def deployments(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(body.metadata.namespace, body.metadata.name): deployment_view(body)}
 
     @kopf.index("v1", "nodes", id="nodes", registry=registry)
-    def nodes(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    async def nodes(body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {ALL: node_view(body)}
 
     @kopf.index("v1", "pods", id="gpu_pods", registry=registry)
-    def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, Any] | None:
+    async def gpu_pods(body: kopf.Body, **_: Any) -> dict[Any, Any] | None:
         view = gpu_pod_view(body)
         return {ALL: view} if view is not None else None
 
@@ -123,23 +160,37 @@ def register(registry: kopf.OperatorRegistry, manager: Manager) -> None:
         labels={rank_pods.SELECTOR: kopf.PRESENT},
         registry=registry,
     )
-    def rank_pods_index(body: kopf.Body, **_: Any) -> Any:
+    async def rank_pods_index(body: kopf.Body, **_: Any) -> Any:
         return rank_pods.index_entry(body)
 
+    for resource in OWNED_RESOURCES:
+
+        @kopf.index("v1", resource, id=resource, registry=registry)
+        async def owned(body: kopf.Body, **_: Any) -> Any:
+            key = _owner_key(body)
+            return {key: owned_view(body)} if key is not None else None
+
+        @kopf.on.event("v1", resource, id=f"{resource}-changed", registry=registry)
+        async def owned_changed(body: kopf.Body, **_: Any) -> None:
+            key = _owner_key(body)
+            if key is not None:
+                manager.enqueue(key)
+
     @kopf.on.event(GROUP, VERSION, PLURAL, id="deployment-changed", registry=registry)
-    def deployment_changed(body: kopf.Body, **_: Any) -> None:
-        manager.enqueue((str(body.metadata.namespace), str(body.metadata.name)))
+    async def deployment_changed(body: kopf.Body, **kwargs: Any) -> None:
+        key = (str(body.metadata.namespace), str(body.metadata.name))
+        manager.deployment_event(key, deleted=kwargs.get("type") == "DELETED")
 
     @kopf.on.event("v1", "pods", id="pod-changed", registry=registry)
-    def pod_changed(body: kopf.Body, **_: Any) -> None:
-        owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
-        if owner:
-            manager.enqueue((str(body.metadata.namespace), owner))
+    async def pod_changed(body: kopf.Body, **_: Any) -> None:
+        key = _owner_key(body)
+        if key is not None:
+            manager.enqueue(key)
         if _requests_accelerators(body.get("spec") or {}):
             manager.poke_unsettled()
 
     @kopf.on.event("v1", "nodes", id="node-changed", registry=registry)
-    def node_changed(**_: Any) -> None:
+    async def node_changed(**_: Any) -> None:
         manager.poke_unsettled()
 
     @kopf.on.startup(id="start-workers", registry=registry)
@@ -150,3 +201,9 @@ def register(registry: kopf.OperatorRegistry, manager: Manager) -> None:
     @kopf.on.cleanup(id="stop-workers", registry=registry)
     async def stop_workers(**_: Any) -> None:
         await manager.stop()
+
+
+def watch_only_ours(settings: kopf.OperatorSettings) -> None:
+    """Server-side selectors of the owned-object watches."""
+    for resource in OWNED_RESOURCES:
+        settings.watching.label_selectors[("v1", resource)] = OWNED_SELECTOR

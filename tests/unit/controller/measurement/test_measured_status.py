@@ -366,3 +366,20 @@ def test_a_figure_that_drops_out_is_nulled_not_left_under_a_fresh_time() -> None
     patch = status_patch(now, condition, before, generation=1, now="2026-01-01T00:10:00Z")
     assert patch["measured"]["throughputRps"] is None
     assert merge_patch.apply(before, patch)["measured"] == now
+
+
+def test_an_idle_deployment_is_never_rewritten_for_a_new_sampled_at() -> None:
+    """Unchanged figures an hour later: no write with the operator's settings."""
+    base = Measurement(max_memory_bytes=1000, prefill_p99=0.5, throughput_rps=10, ranks_scraped=4)
+    old, cond = _written(base), slo_condition(base, SLO)
+    settings = MeasureSettings.from_environ({})
+    an_hour_later = NOW + datetime.timedelta(hours=1)
+    assert not needs_write(
+        old,
+        _written(base, at="2026-01-01T01:09:00Z"),
+        cond,
+        cond,
+        an_hour_later,
+        tolerance=settings.tolerance,
+        refresh_seconds=settings.refresh,
+    )

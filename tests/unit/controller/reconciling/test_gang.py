@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling.gang import (
     Backoff,
+    CorruptGangState,
     GangState,
     ReplicaState,
     decide,
@@ -163,7 +166,7 @@ def test_parallelism_change_is_a_roll_not_a_restart():
     assert decision.state.replica(0).recreating
 
 
-def test_gang_state_round_trips_and_tolerates_garbage():
+def test_gang_state_round_trips_and_an_unreadable_one_is_an_error_not_a_fresh_start():
     state = GangState(
         replicas={
             0: ReplicaState(formed=True, formed_at=1.5, attempt=2),
@@ -172,8 +175,14 @@ def test_gang_state_round_trips_and_tolerates_garbage():
         restarts=4,
     )
     assert GangState.parse(state.serialize()) == state
-    assert GangState.parse("not json") == GangState()
     assert GangState.parse(None) == GangState()
+    for garbage in ("not json", '{"replicas": {"x": {}}}', '{"restarts": -3}', "[1]"):
+        with pytest.raises(CorruptGangState, match=r"paraserve\.dev/gang"):
+            GangState.parse(garbage)
+    # Rebuilt from what is certain: replicas with pods count as formed; restarts from status.
+    rebuilt = GangState.recovered(replica(0) + replica(2), restarts=7)
+    assert rebuilt.restarts == 7 and sorted(rebuilt.replicas) == [0, 2]
+    assert all(s.formed for s in rebuilt.replicas.values())
 
 
 def test_a_rank_unschedulable_for_too_long_fails_its_gang():
@@ -183,3 +192,14 @@ def test_a_rank_unschedulable_for_too_long_fails_its_gang():
     decision = run(pods, unschedulable_after=60)
     assert len(decision.delete) == 4 and decision.state.restarts == 1
     assert "could not be scheduled" in decision.events[0].message
+
+
+def test_back_off_of_a_replica_crash_looping_for_days_stays_at_its_cap():
+    backoff = Backoff(base=5.0, cap=300.0)  # seconds, as the flags give them
+    assert [backoff.delay(a) for a in (1, 2, 3)] == [5, 10, 20]
+    assert backoff.delay(1025) == backoff.delay(10**6) == 300
+    # The decision itself: the 2000th consecutive failure is one more restart, not a crash.
+    state = GangState(replicas={0: ReplicaState(formed=True, formed_at=999.0, attempt=2000)})
+    decision = run(replica(0, phase="Failed"), state, backoff=backoff)
+    assert decision.state.replica(0).attempt == 2001
+    assert decision.requeue_after == 300

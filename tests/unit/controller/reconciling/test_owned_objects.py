@@ -157,7 +157,7 @@ def test_container_gpu_volumes_ports_and_owner(review_pods: list[dict[str, Any]]
     assert {"name": "metrics", "containerPort": 9400, "protocol": "TCP"} in container["ports"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
-    assert volumes["topology"]["configMap"]["name"] == "llama-topology"
+    assert volumes["topology"]["configMap"]["name"] == "llama-topology-h1"
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"/dev/shm", "/etc/paraserve"}
     assert pod["metadata"]["ownerReferences"] == [
@@ -212,8 +212,9 @@ def test_topology_document_matches_the_worker_contract():
         }
     )
     verdict = planned(spec)
-    configmap = owned_objects.topology_configmap(OWNER, spec, verdict.stages)
-    assert configmap["metadata"]["name"] == "llama-topology"
+    configmap = owned_objects.topology_configmap(OWNER, spec, verdict.stages, "h2")
+    assert configmap["metadata"]["name"] == "llama-topology-h2"
+    assert configmap["metadata"]["labels"]["paraserve.dev/template-hash"] == "h2"
     document = json.loads(configmap["data"]["topology.json"])
     # The worker's tests parse the same file (tests/unit/worker/test_worker_topology.py).
     assert document == golden("topology-pp2-tp2-sp2.json")
@@ -252,3 +253,21 @@ def test_name_problem_for_hostnames_longer_than_a_dns_label():
     assert owned_objects.name_problem("llama", spec) is None
     assert "63" in (owned_objects.name_problem("x" * 60, spec) or "")
     assert "letter" in (owned_objects.name_problem("7b-model", spec) or "")
+
+
+def test_each_template_version_mounts_its_own_topology():
+    """A rolling update writes the new topology beside the old, never over it."""
+    old, new = review_spec(), review_spec(serving={"maxBatchSize": 64})
+    old_hash, new_hash = (owned_objects.template_hash(s, IMAGE) for s in (old, new))
+    assert old_hash != new_hash
+    names = []
+    for spec, hash_ in ((old, old_hash), (new, new_hash)):
+        stages = planned(spec).stages
+        [pod] = owned_objects.replica_pods(
+            OWNER, spec, 0, hash_=hash_, default_image=IMAGE, only_ranks=[0]
+        )
+        volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "topology")
+        configmap = owned_objects.topology_configmap(OWNER, spec, stages, hash_)
+        assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+        names.append(configmap["metadata"]["name"])
+    assert names[0] != names[1]

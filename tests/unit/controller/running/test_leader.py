@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from typing import Any
 
-from paraserve.controller.running.cluster_io import Result
-from paraserve.controller.running.leader import LeaderElector, LeaseTimings
+import pytest
+
+from paraserve.controller.api_writes import NotLeader
+from paraserve.controller.running.cluster_io import Cluster, Result
+from paraserve.controller.running.leader import Fence, LeaderElector, LeaseTimings
 
 FAST = LeaseTimings(lease_duration=1.0, renew_deadline=0.2, retry_period=0.05)
 
@@ -19,8 +23,11 @@ class LeaseServer:
         self.lease: dict[str, Any] | None = None
         self.version = 0
         self.down = False
+        self.hang = False
 
     async def request(self, verb: str, path: str, body: Any = None, **_: Any) -> Result:
+        if self.hang:
+            await asyncio.Event().wait()  # a partition: no answer, no error
         if self.down:
             raise ConnectionError("API server unreachable")
         if verb == "GET":
@@ -104,3 +111,55 @@ def test_a_leader_that_cannot_renew_gives_up_and_a_release_frees_the_lease():
         assert await elector(server, "b")._try_acquire_or_renew()
 
     asyncio.run(scenario())
+
+
+def test_a_renewal_that_hangs_stops_every_write_before_the_lease_can_expire():
+    """A partitioned leader: GET/PUT never answer. It must give up (not hang with them) and
+    stop writing before a standby, waiting one lease duration, can take over."""
+    timings = LeaseTimings(lease_duration=1.0, renew_deadline=0.4, retry_period=0.1)
+
+    async def scenario() -> tuple[float, float, bool]:
+        server = LeaseServer()
+        fence = Fence()
+        leader = LeaderElector(
+            server,  # type: ignore[arg-type]
+            namespace="default",
+            name="paraserve-operator",
+            identity="a",
+            timings=timings,
+            fence=fence,
+        )
+        await leader.acquire()
+        assert fence.held()
+        holding = asyncio.create_task(leader.hold())
+        await asyncio.sleep(0.25)
+        server.hang = True
+        hung_at = time.monotonic()
+        last_renewal = fence.valid_until - timings.renew_deadline
+        await asyncio.wait_for(holding, timeout=3)  # returned: it did not hang with the call
+        gave_up = time.monotonic()
+        return gave_up - hung_at, last_renewal + timings.lease_duration - gave_up, fence.held()
+
+    waited, margin, still_writing = asyncio.run(scenario())
+    assert not still_writing
+    assert margin > 0  # writes stopped before the lease could expire for anyone else
+    print(f"renewal hung: writes stopped {waited:.2f}s later, {margin:.2f}s before expiry")
+
+
+def test_writes_are_refused_once_the_fence_is_down_and_reads_still_go():
+    fence = Fence()
+    cluster = Cluster(None, may_write=fence.held)  # no API client: nothing may be sent
+
+    async def scenario() -> None:
+        pod = {"kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
+        with pytest.raises(NotLeader):
+            await cluster.create(pod)
+        with pytest.raises(NotLeader):
+            await cluster.patch_deployment("ns", "d", {}, resource_version="1")
+        with pytest.raises(AttributeError):  # a read is not fenced: it reaches the (absent) client
+            await cluster.request("GET", "/api/v1/namespaces/ns", resource="namespaces")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cluster.close()

@@ -1,0 +1,270 @@
+"""Reconciler.reconcile against a fake of our Cluster: races, lagging watches, owned objects,
+foreign names, namespace deletion and an unreadable gang annotation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fake_cluster import FakeCluster
+
+from paraserve.api.labels import LABEL_TEMPLATE_HASH
+from paraserve.controller.reconciling.gang import GANG_ANNOTATION, Backoff
+from paraserve.controller.reconciling.reconcile import ControllerSettings, Reconciler
+from paraserve.controller.running.operator_metrics import OperatorMetrics
+
+NS = "team"
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"name": "m", "dtype": "float16", "parameters": "7B"},
+        "parallelism": {"pipeline": 2, "tensor": 1},
+        "gpu": {"memory": "80G"},
+    }
+    body.update(changes)
+    return body
+
+
+def reconciler(cluster: FakeCluster, **settings: Any) -> Reconciler:
+    return Reconciler(
+        cluster,  # type: ignore[arg-type]
+        cluster.views,
+        ControllerSettings(default_image="worker:1", backoff=Backoff(base=1, cap=4), **settings),
+        OperatorMetrics(),
+    )
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=20))
+
+
+def settle(cluster: FakeCluster, r: Reconciler, *names: str, rounds: int = 4) -> None:
+    """Reconcile, let the pods run and the watch catch up, a few times over."""
+
+    async def go() -> None:
+        for _ in range(rounds):
+            for name in names:
+                await r.reconcile((NS, name))
+            cluster.run_pods()
+            cluster.deliver()
+
+    run(go())
+
+
+def status(cluster: FakeCluster, name: str) -> dict[str, Any]:
+    body = cluster.get("InferenceDeployment", NS, name)
+    assert body is not None
+    return dict(body.get("status") or {})
+
+
+def condition(cluster: FakeCluster, name: str, kind: str) -> dict[str, Any]:
+    return next(c for c in status(cluster, name)["conditions"] if c["type"] == kind)
+
+
+def test_two_tp1_deployments_racing_for_one_node_do_not_both_create():
+    """PP=2 × TP=1 twice on one 2-GPU node, reconciled at once, before the watch shows either:
+    one replica is created, the other waits (without pinning, too)."""
+    cluster = FakeCluster()
+    cluster.node("n0", 2)
+    cluster.deployment(NS, "a", spec())
+    cluster.deployment(NS, "b", spec())
+    cluster.deliver()
+    r = reconciler(cluster, workers=2)
+
+    async def race() -> None:
+        await asyncio.gather(r.reconcile((NS, "a")), r.reconcile((NS, "b")))
+
+    run(race())
+    created = {name: len(cluster.pods_of(NS, name)) for name in ("a", "b")}
+    assert sorted(created.values()) == [0, 2], created
+    cluster.run_pods()
+    cluster.deliver()
+    run(race())
+    waiting = next(name for name, count in created.items() if count == 0)
+    assert status(cluster, waiting)["phase"] == "Waiting"
+    assert len(cluster.of_kind("Pod")) == 2
+
+
+def test_a_lagging_watch_never_makes_a_status_write_conflict_with_our_own():
+    """The watch has not shown our last write yet: the next reconcile reads that write, so its
+    patch is guarded by the right resourceVersion (no 409 against ourselves)."""
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec())
+    cluster.deliver()
+    r = reconciler(cluster)
+
+    async def lagging() -> None:
+        for _ in range(5):
+            await r.reconcile((NS, "d"))
+            cluster.run_pods()  # pods change, the watch shows them, not our deployment writes
+            views_deployments = cluster.views.deployments
+            cluster.deliver()
+            cluster.views.deployments = views_deployments
+
+    run(lagging())
+    assert cluster.conflicts == 0
+    assert status(cluster, "d")["phase"] == "Ready"
+
+
+def test_a_service_or_topology_deleted_out_of_band_is_recreated():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec())
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d")
+    [topology] = cluster.of_kind("ConfigMap", NS)
+    assert cluster.get("Service", NS, "d") is not None
+    before = len(cluster.writes())
+    settle(cluster, r, "d", rounds=2)
+    assert len(cluster.writes()) == before  # nothing changed: nothing written
+
+    cluster.remove("Service", NS, "d")
+    cluster.remove("ConfigMap", NS, topology["metadata"]["name"])
+    cluster.deliver()
+    settle(cluster, r, "d", rounds=1)
+    assert cluster.get("Service", NS, "d") is not None
+    assert cluster.get("ConfigMap", NS, topology["metadata"]["name"]) is not None
+
+
+def test_a_rolling_update_keeps_the_old_replicas_topology_until_they_are_gone():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    body = cluster.deployment(NS, "d", spec(replicas=2))
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d")
+    [old] = cluster.of_kind("ConfigMap", NS)
+    old_text = old["data"]["topology.json"]
+
+    body = cluster.get("InferenceDeployment", NS, "d")
+    assert body is not None
+    body["spec"]["serving"] = {"maxBatchSize": 8}
+    body["metadata"]["generation"] = 2
+    cluster.put(body)
+    cluster.deliver()
+    run(r.reconcile((NS, "d")))  # the first old replica goes; the new topology is written
+    names = {c["metadata"]["name"] for c in cluster.of_kind("ConfigMap", NS)}
+    assert len(names) == 2 and old["metadata"]["name"] in names
+    still = cluster.get("ConfigMap", NS, old["metadata"]["name"])
+    assert still is not None and still["data"]["topology.json"] == old_text
+    settle(cluster, r, "d", rounds=8)
+    hashes = {p["metadata"]["labels"][LABEL_TEMPLATE_HASH] for p in cluster.of_kind("Pod")}
+    assert len(hashes) == 1
+    [current] = cluster.of_kind("ConfigMap", NS)  # the old one went with its last pod
+    assert current["metadata"]["name"] != old["metadata"]["name"]
+
+
+def test_an_unreadable_gang_annotation_is_reported_and_rebuilt_not_reset():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec())
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d")
+    body = cluster.get("InferenceDeployment", NS, "d")
+    assert body is not None
+    body["status"]["restarts"] = 3
+    body["metadata"]["annotations"][GANG_ANNOTATION] = "{garbled"
+    cluster.put(body)
+    cluster.deliver()
+    run(r.reconcile((NS, "d")))
+    assert "GangStateUnreadable" in cluster.reasons()
+    event = next(e for e in cluster.events if e["reason"] == "GangStateUnreadable")
+    assert GANG_ANNOTATION in event["message"]
+    body = cluster.get("InferenceDeployment", NS, "d")
+    assert body is not None
+    state = json.loads(body["metadata"]["annotations"][GANG_ANNOTATION])
+    assert state["restarts"] == 3 and state["replicas"]["0"]["formed"] is True
+    assert status(cluster, "d")["restarts"] == 3
+
+
+def test_a_pod_of_our_name_owned_by_another_is_not_taken_for_ours():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.put(
+        {
+            "kind": "Pod",
+            "metadata": {
+                "name": "d-0-0",
+                "namespace": NS,
+                "ownerReferences": [{"kind": "Job", "uid": "someone-else", "controller": True}],
+            },
+            "spec": {"containers": [{"name": "x"}]},
+        }
+    )
+    cluster.deployment(NS, "d", spec())
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d", rounds=2)
+    scheduled = condition(cluster, "d", "Scheduled")
+    assert scheduled["status"] == "False" and scheduled["reason"] == "NameTaken"
+    assert "d-0-0" in scheduled["message"]
+    assert cluster.reasons().count("NameTaken") == 1  # said once, not every reconcile
+    assert status(cluster, "d")["phase"] != "Ready"
+
+
+def test_deleting_the_namespace_is_not_a_gang_failure():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec())
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d")
+    assert status(cluster, "d")["phase"] == "Ready"
+    cluster.terminating.add(NS)
+    for pod in cluster.pods_of(NS, "d"):  # the namespace controller deletes the pods first
+        pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+    cluster.deliver()
+    writes = len(cluster.writes())
+    settle(cluster, r, "d", rounds=5)
+    assert cluster.writes()[writes:] == []  # no delete, no create, no Event, no status
+    assert "ReplicaRestart" not in cluster.reasons()
+    assert status(cluster, "d")["phase"] == "Ready"
+
+
+def test_creates_refused_in_a_terminating_namespace_are_not_retried_in_a_storm():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec())
+    cluster.terminating.add(NS)
+    cluster.deliver()
+    r = reconciler(cluster)
+    delays = [run(r.reconcile((NS, "d"))) for _ in range(20)]
+    creates = [c for c in cluster.calls if c[0] == "POST" and c[1] != "Event"]
+    assert len(creates) <= 2 and all(d is None for d in delays)
+
+
+def test_a_rank_stuck_in_container_creating_restarts_its_gang():
+    now = [1_000_000.0]
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec())
+    cluster.deliver()
+    r = Reconciler(
+        cluster,  # type: ignore[arg-type]
+        cluster.views,
+        ControllerSettings(default_image="w", backoff=Backoff(base=1, cap=4), start_after=300),
+        OperatorMetrics(),
+        clock=lambda: now[0],
+    )
+    run(r.reconcile((NS, "d")))
+    for pod in cluster.pods_of(NS, "d"):  # bound, but its volume never mounts
+        pod["spec"]["nodeName"] = "n0"
+        bound = {
+            "type": "PodScheduled",
+            "status": "True",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+        pod["status"] = {"phase": "Pending", "conditions": [bound]}
+    cluster.deliver()
+    now[0] = 1767225600.0 + 200  # 200 s after binding: still starting
+    run(r.reconcile((NS, "d")))
+    assert "ReplicaRestart" not in cluster.reasons()
+    now[0] = 1767225600.0 + 400
+    run(r.reconcile((NS, "d")))
+    restart = next(e for e in cluster.events if e["reason"] == "ReplicaRestart")
+    assert "did not start on node n0" in restart["message"]
