@@ -197,9 +197,11 @@ class RankRunner:
                 return str(other.metadata.uid)
         return None
 
-    def _topology_file(self, pod_dir: Path) -> Path:
+    def _topology_file(self, pod: dict[str, Any], pod_dir: Path) -> Path:
+        """The topology the pod mounts (one ConfigMap per template version)."""
+        volume = next(v for v in pod["spec"]["volumes"] if v.get("configMap"))
         configmap = self._core.read_namespaced_config_map(
-            f"{self.deployment}-topology", self.namespace
+            volume["configMap"]["name"], self.namespace
         )
         path = pod_dir / TOPOLOGY_KEY
         path.write_text(json.dumps(json.loads(configmap.data[TOPOLOGY_KEY]), indent=1))
@@ -221,7 +223,7 @@ class RankRunner:
                 # gloo's pairs on loopback too, not on the address the hostname resolves to.
                 "GLOO_SOCKET_IFNAME": "lo",
                 rank_env.METRICS_PORT: str(metrics_port),
-                rank_env.TOPOLOGY: str(self._topology_file(pod_dir)),
+                rank_env.TOPOLOGY: str(self._topology_file(body, pod_dir)),
                 "OMP_NUM_THREADS": "1",
             }
         )

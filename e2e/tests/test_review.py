@@ -97,7 +97,8 @@ def test_fitting_strategy_runs_one_rank_per_gpu(target: Target, pool: Pool, name
     assert sorted(per_node.values()) == [4, 4]
 
     kube.get("service", name, namespace=namespace)
-    kube.get("configmap", f"{name}-topology", namespace=namespace)
+    [mounted] = {v["configMap"]["name"] for v in pods[0]["spec"]["volumes"] if v.get("configMap")}
+    kube.get("configmap", mounted, namespace=namespace)
     table = kube.kubectl("get", "infd", name, "-n", namespace).stdout
     header, row = table.splitlines()[:2]
     assert header.split()[:4] == ["NAME", "PP", "TP", "SP"], header

@@ -292,7 +292,12 @@ def test_chart_install_and_its_rbac_is_enough_for_a_full_reconcile(
         assert status["worldSize"] == 8 and status["gpusRequired"] == 8
         assert status["observedGeneration"] == body["metadata"]["generation"]
         cluster.get("service", name, namespace=workload)
-        cluster.get("configmap", f"{name}-topology", namespace=workload)
+        [mounted] = [
+            v["configMap"]["name"]
+            for v in pods_of(cluster, workload, name)[0]["spec"]["volumes"]
+            if v.get("configMap")
+        ]
+        cluster.get("configmap", mounted, namespace=workload)
         events = cluster.get("events", namespace=workload)["items"]
         assert any(e["involvedObject"].get("name") == name for e in events)
         lease = cluster.get("lease", "paraserve-operator", namespace=namespace)

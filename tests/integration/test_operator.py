@@ -110,7 +110,14 @@ def test_review_scenario(cluster: LocalCluster, namespace: str, operator: Operat
         service = cluster.get("service", "pp4", namespace=namespace)
         assert service["spec"]["clusterIP"] == "None"
         assert service["spec"]["publishNotReadyAddresses"] is True
-        topology = cluster.get("configmap", "pp4-topology", namespace=namespace)
+        # The topology the pods mount, one ConfigMap per template version.
+        [mounted] = {
+            v["configMap"]["name"]
+            for p in pods_of(cluster, namespace, "pp4")
+            for v in p["spec"]["volumes"]
+            if v.get("configMap")
+        }
+        topology = cluster.get("configmap", mounted, namespace=namespace)
         assert '"worldSize": 8' in topology["data"]["topology.json"]
 
         # The operator's own metrics and health.
@@ -246,10 +253,12 @@ def test_scale_rolling_update_and_delete(cluster: LocalCluster, namespace: str):
         def nothing_left() -> bool:
             pods = pods_of(cluster, namespace, "svc")
             services = cluster.kubectl("get", "service", "svc", "-n", namespace, check=False)
-            configmaps = cluster.kubectl(
-                "get", "configmap", "svc-topology", "-n", namespace, check=False
-            )
-            return not pods and services.returncode != 0 and configmaps.returncode != 0
+            configmaps = [
+                c
+                for c in cluster.get("configmaps", namespace=namespace)["items"]
+                if c["metadata"].get("labels", {}).get("paraserve.dev/deployment") == "svc"
+            ]
+            return not pods and services.returncode != 0 and not configmaps
 
         wait(cluster, nothing_left, "everything deleted", timeout=120)
 
