@@ -4,13 +4,16 @@ file the operator would give its pod (for tests and by-hand runs)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +43,49 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def _rank_main(environ: dict[str, str], argv: list[str]) -> None:
+def _follow_launcher(launcher: int) -> None:
+    """Stop this rank when the launcher goes, however it goes (a SIGKILL too): SIGTERM, then
+    SIGKILL after the grace period. Its direct parent is the fork server, which lives on while
+    any rank does, so the launcher's own process is what is watched."""
+
+    def watch() -> None:
+        try:
+            pidfd = os.pidfd_open(launcher)
+            select.select([pidfd], [], [])
+        except (AttributeError, OSError):  # no pidfd (or it is gone already): look every second
+            while _alive(launcher):
+                time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(STOP_GRACE)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: Seconds the ranks have to stop after SIGTERM before they are killed.
+STOP_GRACE = 10.0
+
+
+class Stopped(Exception):
+    """The launcher was asked to stop (SIGTERM or SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _rank_main(environ: dict[str, str], argv: list[str], launcher: int) -> None:
+    _follow_launcher(launcher)
     import torch
 
     from paraserve.worker.worker_flags import main
@@ -118,7 +163,9 @@ class LocalReplica:
             # Every rank is on this machine: gloo's pairs on loopback, not on the address the
             # hostname resolves to (which may be a routable one).
             environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
-            process = context.Process(target=_rank_main, args=(environ, list(worker_args)))
+            process = context.Process(
+                target=_rank_main, args=(environ, list(worker_args), os.getpid())
+            )
             process.start()
             self.processes.append(process)
 
@@ -127,6 +174,14 @@ class LocalReplica:
         pid = self.processes[0].pid
         if pid is not None and self.processes[0].is_alive():
             os.kill(pid, signal.SIGTERM)
+
+    def terminate(self, grace: float = STOP_GRACE) -> list[int | None]:
+        """SIGTERM to every rank, SIGKILL to those still running after `grace` seconds."""
+        for process in self.processes:
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+        return self.wait(grace)
 
     def wait(self, timeout: float | None = None) -> list[int | None]:
         """Exit code of each rank; ranks still running at the deadline are killed (None)."""
@@ -191,7 +246,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as error:  # the architecture, dtype or serving figures the spec refuses
         parser.error(str(error))
-    codes = replica.wait(None)
+
+    def stopped(signum: int, _: Any) -> None:
+        raise Stopped(signum)
+
+    # Asked to stop (by a harness, a terminal, a supervisor): the ranks stop with us.
+    previous = {s: signal.signal(s, stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes = replica.wait(None)
+    except Stopped as stop:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        codes = replica.terminate()
+        print(f"{stop}: ranks stopped, exit codes by rank: {codes}", file=sys.stderr)
+        return 128 + stop.signum
     print(f"exit codes by rank: {codes}", file=sys.stderr)
     return 0 if all(code == 0 for code in codes) else 1
 
