@@ -105,6 +105,19 @@ def test_examples_are_accepted_and_defaulted(crd: LocalCluster, namespace: str, 
             },
             "not both",
         ),
+        # A world size beyond any cluster is refused, and so is what a user controls that every
+        # rank pod would carry: each error names the field.
+        (
+            {"parallelism": {"pipeline": 1024, "tensor": 1024}},
+            "pipeline × tensor (the ranks of one replica) must be at most 16384",
+        ),
+        ({"worker": {"args": ["x" * 1_000_000]}}, "spec.worker.args[0]: Too long"),
+        ({"worker": {"args": ["--flag"] * 300}}, "spec.worker.args: Too many"),
+        (
+            {"worker": {"env": [{"name": "BIG", "value": "x" * 100_000}]}},
+            "spec.worker.env[0].value",
+        ),
+        ({"worker": {"image": "r/" + "x" * 2000}}, "spec.worker.image: Too long"),
     ],
 )
 def test_invalid_objects_are_rejected(

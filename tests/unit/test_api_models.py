@@ -191,7 +191,12 @@ def test_status_serialises_camel_case_without_nulls() -> None:
     assert wire["observedGeneration"] == 3
     assert wire["phase"] == "Ready"
     assert wire["ranks"] == {"ready": 8, "total": 8, "summary": "8/8"}
-    assert wire["plan"]["stages"][0] == {"index": 0, "layers": [0, 20], "ranks": [0, 1]}
+    assert wire["plan"]["stages"][0] == {
+        "index": 0,
+        "layers": [0, 20],
+        "firstRank": 0,
+        "lastRank": 1,
+    }
     assert wire["plan"]["memory"]["totalBytes"] == 34_250_000_000
     assert wire["plan"]["mode"] == "coarse"
     assert wire["measured"] == {

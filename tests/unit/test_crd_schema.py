@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from paraserve.api.crd import crd_yaml, custom_resource_definition
 from paraserve.cli import main
@@ -112,7 +113,10 @@ def test_static_rules_are_enforced_by_the_api_server() -> None:
         assert parallelism["properties"][degree]["minimum"] == 1
         assert parallelism["properties"][degree]["default"] == 1
     rules = [v["rule"] for v in parallelism["x-kubernetes-validations"]]
-    assert rules == ["self.sequence == 1 || self.sequence == self.tensor"]
+    assert rules == [
+        "self.sequence == 1 || self.sequence == self.tensor",
+        "self.pipeline * self.tensor <= 16384",
+    ]
     model_rule = spec["properties"]["model"]["x-kubernetes-validations"][0]["rule"]
     assert model_rule.startswith("has(self.parameters) ||")
 
@@ -202,3 +206,40 @@ def assert_known(node: dict[str, Any], value: Any, path: str) -> None:
     elif isinstance(value, list):
         for item in value:
             assert_known(node["items"], item, f"{path}[]")
+
+
+def test_what_every_rank_pod_would_carry_has_a_size_limit() -> None:
+    """A user-controlled list or string copied into every pod is bounded in the CRD."""
+    nodes = dict(walk(schema()))
+    for path, keyword, limit in (
+        (".spec.worker.args", "maxItems", 256),
+        (".spec.worker.args[]", "maxLength", 4096),
+        (".spec.worker.command", "maxItems", 256),
+        (".spec.worker.command[]", "maxLength", 4096),
+        (".spec.worker.env", "maxItems", 256),
+        (".spec.worker.env[].name", "maxLength", 253),
+        (".spec.worker.env[].value", "maxLength", 8192),
+        (".spec.worker.image", "maxLength", 1024),
+        (".spec.worker.resources", "maxProperties", 3),
+        (".spec.model.name", "maxLength", 1024),
+        (".spec.placement.nodeSelector", "maxProperties", 64),
+        (".spec.placement.tolerations", "maxItems", 64),
+        (".spec.metrics.path", "maxLength", 1024),
+    ):
+        assert nodes[path].get(keyword) == limit, (path, keyword)
+
+
+def test_an_oversized_argument_is_one_line_naming_the_field() -> None:
+    from paraserve.api import InferenceDeploymentSpec, describe_validation_error
+
+    document = {"model": {"name": "m", "parameters": "7B"}, "worker": {"args": ["x" * 10**6]}}
+    with pytest.raises(ValidationError) as error:
+        InferenceDeploymentSpec.model_validate(document)
+    message = describe_validation_error(error.value, "spec")
+    assert message.startswith("spec.worker.args.0: ") and "4096" in message
+    assert "\n" not in message
+    document["worker"] = {"env": [{"name": "BIG", "value": "x" * 10**5}]}
+    with pytest.raises(ValidationError) as error:
+        InferenceDeploymentSpec.model_validate(document)
+    message = describe_validation_error(error.value, "spec")
+    assert message.startswith("spec.worker.env: ") and "env[0] (BIG).value" in message

@@ -339,3 +339,13 @@ def test_coarse_mode_has_no_kv_cache_or_activations() -> None:
     memory = verdict(spec()).memory
     assert (memory.kv_cache_bytes, memory.activations_bytes) == (0, 0)
     assert memory.weights_bytes == 70_000_000_000 * 2 // 8
+
+
+def test_a_world_size_beyond_any_cluster_is_refused_and_planned_no_further() -> None:
+    result = verdict(spec(parallelism={"pipeline": 1024, "tensor": 1024, "sequence": 1}))
+    assert result.errors[0].code == codes.INVALID_PARALLELISM
+    assert result.errors[0].message == (
+        "PP=1024 × TP=1024 = 1048576 ranks per replica; at most 16384"
+        " (beyond any real cluster's gang)"
+    )
+    assert result.stages == [] and not result.feasible

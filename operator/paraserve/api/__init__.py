@@ -58,6 +58,7 @@ from paraserve.api.status import (
     Phase,
     PlanStatus,
     RanksStatus,
+    StageStatus,
     memory_column,
 )
 from paraserve.api.units import (
@@ -122,6 +123,7 @@ __all__ = [
     "SloSpec",
     "SpecModel",
     "Stage",
+    "StageStatus",
     "Toleration",
     "WeightPart",
     "WeightsByPart",

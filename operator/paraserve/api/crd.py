@@ -23,6 +23,7 @@ _PASSTHROUGH = {
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "pattern",
     "required",
     "x-kubernetes-validations",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from paraserve.api.architecture import Architecture
 from paraserve.api.base import SpecModel
@@ -17,6 +17,24 @@ GiB = 2**30
 #: Largest degree of any parallelism: beyond every real model, small enough to plan quickly.
 MAX_DEGREE = 1024
 MAX_REPLICAS = 65536
+#: Most ranks of one replica (pipeline × tensor): beyond any real cluster's gang, and what
+#: keeps every rank's topology and the status small.
+MAX_WORLD_SIZE = 16384
+
+# Size limits of what a user controls and the operator copies into every rank pod (a pod is
+# stored whole in etcd; thousands of them carry these).
+MAX_NAME = 253  # a DNS subdomain, a resource or label key
+MAX_LABEL_VALUE = 63
+MAX_TEXT = 1024  # an image reference, a model id, a path
+MAX_ARGUMENT = 4096  # one command or args entry
+MAX_ARGUMENTS = 256
+MAX_ENV = 256
+MAX_ENV_VALUE = 8192
+MAX_TOLERATIONS = 64
+MAX_SELECTOR = 64
+
+Argument = Annotated[str, Field(max_length=MAX_ARGUMENT)]
+LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE)]
 
 
 def _defaulted(model: type[SpecModel]) -> dict[str, Any]:
@@ -68,7 +86,9 @@ class ModelSpec(SpecModel):
         }
     )
 
-    name: str = Field(min_length=1, description="Model name, e.g. a Hugging Face id.")
+    name: str = Field(
+        min_length=1, max_length=MAX_TEXT, description="Model name, e.g. a Hugging Face id."
+    )
     dtype: Dtype = Field(
         Dtype.BFLOAT16,
         description="Weight type; bytes 4/2/2/1/1/0.5. With architecture.quantization, the type"
@@ -123,7 +143,12 @@ class Parallelism(SpecModel):
                     "rule": "self.sequence == 1 || self.sequence == self.tensor",
                     "message": "sequence must be 1 or equal to tensor: sequence parallelism"
                     " shards activations inside the tensor-parallel group",
-                }
+                },
+                {
+                    "rule": f"self.pipeline * self.tensor <= {MAX_WORLD_SIZE}",
+                    "message": f"pipeline × tensor (the ranks of one replica) must be at most"
+                    f" {MAX_WORLD_SIZE}",
+                },
             ]
         }
     )
@@ -179,7 +204,10 @@ class GpuSpec(SpecModel):
     """The GPU each rank gets."""
 
     resource_name: str = Field(
-        DEFAULT_GPU_RESOURCE, min_length=1, description="Extended resource that counts GPUs."
+        DEFAULT_GPU_RESOURCE,
+        min_length=1,
+        max_length=MAX_NAME,
+        description="Extended resource that counts GPUs.",
     )
     memory: Bytes | None = Field(
         None,
@@ -207,9 +235,15 @@ class TolerationOperator(enum.StrEnum):
 class Toleration(SpecModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(None, description="Taint key; empty with Exists tolerates every taint.")
+    key: str | None = Field(
+        None,
+        max_length=MAX_NAME + MAX_LABEL_VALUE + 1,
+        description="Taint key; empty with Exists tolerates every taint.",
+    )
     operator: TolerationOperator = Field(TolerationOperator.EQUAL, description="Exists or Equal.")
-    value: str | None = Field(None, description="Taint value matched by Equal.")
+    value: str | None = Field(
+        None, max_length=MAX_LABEL_VALUE, description="Taint value matched by Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="Taint effect; empty matches all effects."
     )
@@ -233,11 +267,13 @@ class Toleration(SpecModel):
 class Placement(SpecModel):
     """Which nodes form the pool and how ranks are laid out on them."""
 
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Labels a node must carry to be in the pool."
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_SELECTOR,
+        description="Labels a node must carry to be in the pool.",
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, description="Taints the ranks tolerate."
+        default_factory=list, max_length=MAX_TOLERATIONS, description="Taints the ranks tolerate."
     )
     tensor_parallel_within_node: bool = Field(
         True, description="Keep each tensor-parallel group on one node (NVLink, not network)."
@@ -247,16 +283,62 @@ class Placement(SpecModel):
 class WorkerSpec(SpecModel):
     """The rank container; the operator adds the one GPU and the rank environment."""
 
-    image: str | None = Field(None, description="Image. Default: the operator's worker image.")
-    command: list[str] | None = Field(None, description="Entrypoint override.")
-    args: list[str] | None = Field(None, description="Arguments.")
+    image: str | None = Field(
+        None, max_length=MAX_TEXT, description="Image. Default: the operator's worker image."
+    )
+    command: list[Argument] | None = Field(
+        None, max_length=MAX_ARGUMENTS, description="Entrypoint override."
+    )
+    args: list[Argument] | None = Field(None, max_length=MAX_ARGUMENTS, description="Arguments.")
     env: list[dict[str, Any]] = Field(
-        default_factory=list, description="Extra environment (core/v1 EnvVar objects)."
+        default_factory=list,
+        max_length=MAX_ENV,
+        description="Extra environment (core/v1 EnvVar objects).",
+        # The CRD types each EnvVar, so its size is bounded there too.
+        json_schema_extra={
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_NAME,
+                        "description": "Variable name.",
+                    },
+                    "value": {
+                        "type": "string",
+                        "maxLength": MAX_ENV_VALUE,
+                        "description": "Value.",
+                    },
+                    "valueFrom": {
+                        "type": "object",
+                        "additionalProperties": True,
+                        "description": "core/v1 EnvVarSource (fieldRef, secretKeyRef, …).",
+                    },
+                },
+            }
+        },
     )
     resources: dict[str, Any] = Field(
         default_factory=dict,
+        max_length=3,  # limits, requests, claims
         description="core/v1 ResourceRequirements for cpu/memory; the operator adds the GPU.",
     )
+
+    @field_validator("env")
+    @classmethod
+    def _env_vars(cls, env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for number, variable in enumerate(env):
+            name, value = variable.get("name"), variable.get("value")
+            if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+                raise ValueError(f"env[{number}].name must be a string of 1–{MAX_NAME} characters")
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_ENV_VALUE):
+                raise ValueError(
+                    f"env[{number}] ({name}).value must be a string of at most"
+                    f" {MAX_ENV_VALUE} characters"
+                )
+        return env
 
 
 class MetricsProfile(enum.StrEnum):
@@ -271,7 +353,9 @@ class MetricsSpec(SpecModel):
     """Where each rank serves Prometheus metrics."""
 
     port: int = Field(9400, ge=1, le=65535, description="Metrics port on every rank.")
-    path: str = Field("/metrics", pattern=r"^/", description="HTTP path of the metrics.")
+    path: str = Field(
+        "/metrics", pattern=r"^/", max_length=MAX_TEXT, description="HTTP path of the metrics."
+    )
     profile: MetricsProfile = Field(
         MetricsProfile.PARASERVE, description="Metric names to read: paraserve, vllm or sglang."
     )

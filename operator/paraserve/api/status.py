@@ -47,10 +47,33 @@ class Condition(WireModel):
     )
 
 
+class StageStatus(WireModel):
+    """One pipeline stage in status: its layers and its ranks as a range, never listed one by
+    one, so status stays small whatever the spec (the topology lists them for the ranks)."""
+
+    index: int = Field(description="Pipeline rank of the stage.")
+    layers: tuple[int, int] | None = Field(
+        None, description="Half-open [start, end) layer range; absent when numLayers is unknown."
+    )
+    first_rank: int = Field(description="First rank of the stage (its tensor-parallel group).")
+    last_rank: int = Field(description="Last rank of the stage.")
+
+    @classmethod
+    def of(cls, stage: Stage) -> StageStatus:
+        return cls(
+            index=stage.index,
+            layers=stage.layers,
+            first_rank=min(stage.ranks),
+            last_rank=max(stage.ranks),
+        )
+
+
 class PlanStatus(WireModel):
     """The plan the operator deploys: stages and the estimated memory of the worst rank."""
 
-    stages: list[Stage] = Field(default_factory=list, description="Pipeline stages of a replica.")
+    stages: list[StageStatus] = Field(
+        default_factory=list, description="Pipeline stages of a replica."
+    )
     memory: MemoryBreakdown | None = Field(None, description="Estimated worst-rank memory.")
     utilization: float | None = Field(None, description="Estimated memory / GPU memory.")
     mode: Literal["exact", "coarse"] | None = Field(None, description="Memory model used.")
@@ -58,7 +81,7 @@ class PlanStatus(WireModel):
     @classmethod
     def from_plan(cls, plan: Plan) -> PlanStatus:
         return cls(
-            stages=plan.stages,
+            stages=[StageStatus.of(stage) for stage in plan.stages],
             memory=plan.memory,
             utilization=plan.memory.utilization,
             mode="exact" if plan.exact else "coarse",

@@ -23,6 +23,11 @@ def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
         memory = _overhead_only(spec, gpu_memory)
         checks = [degree_check] + ([unresolved] if unresolved else [])
         return _assemble(spec, pool, checks, [], memory, [], 0)
+    size_check = rules.world_size(spec)
+    if size_check.outcome == "failed":
+        # Nor planned beyond the ceiling: no stage lists a million ranks.
+        memory = _overhead_only(spec, gpu_memory)
+        return _assemble(spec, pool, [degree_check, size_check], [], memory, [], 0)
 
     checks = [
         degree_check,

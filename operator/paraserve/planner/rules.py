@@ -15,6 +15,7 @@ from paraserve.api import (
     format_bytes,
 )
 from paraserve.api import format_percent as pct
+from paraserve.api.spec import MAX_WORLD_SIZE
 from paraserve.planner import codes
 from paraserve.planner.pool import Pool
 
@@ -61,6 +62,23 @@ def degrees(spec: InferenceDeploymentSpec) -> Check:
         return failed(codes.INVALID_PARALLELISM, "; ".join(bad))
     return passed(
         codes.INVALID_PARALLELISM, f"PP={p.pipeline}, TP={p.tensor}, SP={p.sequence}: all ≥ 1"
+    )
+
+
+def world_size(spec: InferenceDeploymentSpec) -> Check:
+    """A replica's ranks within the ceiling: beyond it no cluster holds the gang, and its
+    topology and status would not fit an object."""
+    p = spec.parallelism
+    ranks = p.pipeline * p.tensor
+    if ranks > MAX_WORLD_SIZE:
+        return failed(
+            codes.INVALID_PARALLELISM,
+            f"PP={p.pipeline} × TP={p.tensor} = {ranks} ranks per replica; at most"
+            f" {MAX_WORLD_SIZE} (beyond any real cluster's gang)",
+        )
+    return passed(
+        codes.INVALID_PARALLELISM,
+        f"PP={p.pipeline} × TP={p.tensor} = {ranks} ranks per replica ≤ {MAX_WORLD_SIZE}",
     )
 
 

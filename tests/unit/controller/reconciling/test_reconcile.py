@@ -268,3 +268,32 @@ def test_a_rank_stuck_in_container_creating_restarts_its_gang():
     run(r.reconcile((NS, "d")))
     restart = next(e for e in cluster.events if e["reason"] == "ReplicaRestart")
     assert "did not start on node n0" in restart["message"]
+
+
+def test_a_world_size_beyond_any_cluster_is_refused_clearly_with_a_small_status():
+    """PP=1024 × TP=1024 (each degree within its own bound): Rejected with a code, an Event,
+    and a status that does not list a million ranks (it must fit an object, and fast)."""
+    cluster = FakeCluster()
+    cluster.node("n0", 8)
+    cluster.deployment(NS, "huge", spec(parallelism={"pipeline": 1024, "tensor": 1024}))
+    cluster.deliver()
+    r = reconciler(cluster)
+    run(r.reconcile((NS, "huge")))
+    validated = condition(cluster, "huge", "Validated")
+    assert (validated["status"], validated["reason"]) == ("False", "InvalidParallelism")
+    assert "1048576 ranks per replica; at most 16384" in validated["message"]
+    assert status(cluster, "huge")["phase"] == "Rejected"
+    assert "InvalidParallelism" in cluster.reasons()
+    assert len(json.dumps(status(cluster, "huge"))) < 8192
+    assert cluster.pods_of(NS, "huge") == []
+
+
+def test_status_lists_stages_as_rank_ranges_not_every_rank():
+    cluster = FakeCluster()
+    cluster.node("n0", 16)
+    cluster.deployment(NS, "d", spec(parallelism={"pipeline": 2, "tensor": 8}))
+    cluster.deliver()
+    run(reconciler(cluster).reconcile((NS, "d")))
+    stages = status(cluster, "d")["plan"]["stages"]
+    assert [(s["index"], s["firstRank"], s["lastRank"]) for s in stages] == [(0, 0, 7), (1, 8, 15)]
+    assert all("ranks" not in s for s in stages)
