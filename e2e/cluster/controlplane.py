@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import signal
 import socket
 import ssl
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 from e2e.cluster import build, processes
 from e2e.cluster.components import KUBERNETES_VERSION
 from e2e.cluster.kubeconfig import write_kubeconfig
-from e2e.cluster.pki import Pki, make_pki
+from e2e.cluster.pki import Pki, issue_client_certificate, make_pki
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 # Pod IPs on loopback: the operator scrapes ready ranks at their pod IP, and on this machine
@@ -30,6 +31,20 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 POD_CIDR = "127.16.0.1/16"
 # kwok manages only the nodes we mark as fake: a test can never fake a node by accident.
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+# The API server's audit log records the requests of users in this group, and only theirs
+# (metadata, once each, when answered): a test counts what one client did, at no cost to others.
+AUDITED_GROUP = "paraserve:audited"
+AUDIT_POLICY = f"""\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+  - level: Metadata
+    userGroups: ["{AUDITED_GROUP}"]
+  - level: None
+"""
+#: Components in start order; each can be killed and started again by a test.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
 class ClusterStartError(RuntimeError):
@@ -103,6 +118,9 @@ class ControlPlane:
         self.server = f"https://127.0.0.1:{self.ports.apiserver}"
         self.version = KUBERNETES_VERSION
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        # How each component was started (arguments, environment), to start it again.
+        self._launch: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+        self.audit_log = self.logs_dir / "audit.log"
         self._record = processes.RunRecord(
             run_id=self.run_id,
             owner_pid=os.getpid(),
@@ -188,6 +206,7 @@ class ControlPlane:
                 )
             (self.bin_dir / name).symlink_to(path)
         self._pki = make_pki(self.workdir / "pki")
+        (self.workdir / "audit-policy.yaml").write_text(AUDIT_POLICY)
 
     @property
     def pki(self) -> Pki:
@@ -195,6 +214,7 @@ class ControlPlane:
         return self._pki
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self._launch[name] = (args, env)
         argv = [str(self.bin_dir / name), *args]
         self._procs[name] = processes.spawn(
             self._record, name, argv, self.logs_dir / f"{name}.log", env
@@ -275,7 +295,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd", lambda: _get(f"{client}/health") is not None, deadline)
+        self._wait("etcd", self._probe("etcd"), deadline)
 
     def _start_apiserver_once(self, deadline: float) -> None:
         pki = self.pki
@@ -300,10 +320,12 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
+                f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
                 "--v=1",
             ],
         )
-        self._wait("kube-apiserver", lambda: self._api_get("/readyz") == b"ok", deadline)
+        self._wait("kube-apiserver", self._probe("kube-apiserver"), deadline)
 
     def _component_args(self, port: int, name: str) -> list[str]:
         return [
@@ -335,14 +357,12 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             ],
         )
-        url = f"https://127.0.0.1:{port}/healthz"
-        self._wait("kube-controller-manager", lambda: _get(url) == b"ok", deadline)
+        self._wait("kube-controller-manager", self._probe("kube-controller-manager"), deadline)
 
     def _start_scheduler_once(self, deadline: float) -> None:
         port = self.ports.scheduler
         self._spawn("kube-scheduler", self._component_args(port, "kube-scheduler"))
-        url = f"https://127.0.0.1:{port}/healthz"
-        self._wait("kube-scheduler", lambda: _get(url) == b"ok", deadline)
+        self._wait("kube-scheduler", self._probe("kube-scheduler"), deadline)
 
     def _start_kwok_once(self, deadline: float) -> None:
         stages = self.workdir / "kwok-stages.yaml"
@@ -363,8 +383,76 @@ class ControlPlane:
             # kwok reads ~/.kwok/kwok.yaml when it exists: keep it out of a user's own config.
             env={**os.environ, "HOME": str(self.workdir)},
         )
-        url = f"https://127.0.0.1:{self.ports.kwok}/healthz"
-        self._wait("kwok", lambda: _get(url) is not None, deadline)
+        self._wait("kwok", self._probe("kwok"), deadline)
+
+    def _probe(self, name: str) -> Callable[[], bool]:
+        """Whether a component answers its health check now."""
+        if name == "etcd":
+            url = f"http://127.0.0.1:{self.ports.etcd_client}/health"
+            return lambda: _get(url) is not None
+        if name == "kube-apiserver":
+            return lambda: self._api_get("/readyz") == b"ok"
+        if name == "kwok":
+            url = f"https://127.0.0.1:{self.ports.kwok}/healthz"
+            return lambda: _get(url) is not None
+        port = {
+            "kube-controller-manager": self.ports.controller_manager,
+            "kube-scheduler": self.ports.scheduler,
+        }[name]
+        url = f"https://127.0.0.1:{port}/healthz"
+        return lambda: _get(url) == b"ok"
+
+    def healthy(self, name: str) -> bool:
+        proc = self._procs.get(name)
+        return proc is not None and proc.poll() is None and self._probe(name)()
+
+    # -- faults ------------------------------------------------------------------------
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component (its whole process group): a crash, no shutdown at all."""
+        proc = self._procs[name]
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+    def start_again(self, name: str, timeout: float = 120.0) -> float:
+        """Start a killed component with its arguments of before (same ports, same data);
+        returns the seconds it took to become healthy."""
+        if name not in COMPONENTS:
+            raise KeyError(name)
+        if self._procs[name].poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        started = time.monotonic()
+        args, env = self._launch[name]
+        self._spawn(name, args, env)
+        self._wait(name, self._probe(name), started + timeout)
+        return time.monotonic() - started
+
+    def restart(self, name: str, down_for: float = 0.0, timeout: float = 120.0) -> float:
+        """Kill a component, leave it down `down_for` seconds, start it again; the seconds
+        from the kill until it was healthy."""
+        killed = time.monotonic()
+        self.kill(name)
+        time.sleep(down_for)
+        self.start_again(name, timeout)
+        return time.monotonic() - killed
+
+    # -- clients -----------------------------------------------------------------------
+
+    def user_kubeconfig(
+        self,
+        user: str,
+        groups: tuple[str, ...] = ("system:masters", AUDITED_GROUP),
+        server: str | None = None,
+    ) -> Path:
+        """A kubeconfig for another user (a client certificate naming `user` and its groups),
+        optionally through another address (a proxy in front of the API server). By default
+        the user is an administrator whose requests the audit log records."""
+        directory = self.workdir / "users"
+        client = issue_client_certificate(self.pki, directory, user, groups)
+        path = directory / f"{client[0].stem}.kubeconfig"
+        return write_kubeconfig(path, server or self.server, self.pki, client=client, user=user)
 
     def _wait_for_default_service_account(self, deadline: float) -> None:
         # Pods are rejected until the service-account controller has made "default".

@@ -14,8 +14,20 @@ def _b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def write_kubeconfig(path: Path, server: str, pki: Pki, context: str = "paraserve-e2e") -> Path:
-    """An admin kubeconfig with its certificates embedded, so it still works when copied."""
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    pki: Pki,
+    context: str = "paraserve-e2e",
+    client: tuple[Path, Path] | None = None,
+    user: str = "admin",
+) -> Path:
+    """A kubeconfig with its certificates embedded, so it still works when copied.
+
+    The admin's by default; `client` is another (certificate, key) pair, e.g. one user per
+    operator process so the audit log tells their requests apart.
+    """
+    cert, key = client or (pki.admin_cert, pki.admin_key)
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -27,14 +39,14 @@ def write_kubeconfig(path: Path, server: str, pki: Pki, context: str = "paraserv
         ],
         "users": [
             {
-                "name": "admin",
+                "name": user,
                 "user": {
-                    "client-certificate-data": _b64(pki.admin_cert),
-                    "client-key-data": _b64(pki.admin_key),
+                    "client-certificate-data": _b64(cert),
+                    "client-key-data": _b64(key),
                 },
             }
         ],
-        "contexts": [{"name": context, "context": {"cluster": context, "user": "admin"}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": user}}],
         "current-context": context,
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))

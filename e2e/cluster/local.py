@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from e2e.cluster.controlplane import ControlPlane
+from e2e.cluster.controlplane import AUDITED_GROUP, ControlPlane
 from e2e.cluster.gpupool import POOL_LABEL, PoolSpec, Taint, node_names, parse_pool, render_nodes
 
 if TYPE_CHECKING:
@@ -201,6 +201,38 @@ class LocalCluster:
 
     def pids(self) -> dict[str, int]:
         return self._plane.pids()
+
+    # -- faults and audit ------------------------------------------------------------------
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: requests of users in AUDITED_GROUP (see user_kubeconfig)."""
+        return self._plane.audit_log
+
+    def user_kubeconfig(
+        self,
+        user: str,
+        groups: tuple[str, ...] = ("system:masters", AUDITED_GROUP),
+        server: str | None = None,
+    ) -> Path:
+        """A kubeconfig for `user` (an administrator audited by default), optionally through
+        another address such as a proxy in front of the API server."""
+        return self._plane.user_kubeconfig(user, groups, server)
+
+    def kill_component(self, name: str) -> None:
+        """SIGKILL etcd, kube-apiserver, kube-controller-manager, kube-scheduler or kwok."""
+        self._plane.kill(name)
+
+    def start_component(self, name: str, timeout: float = 120) -> float:
+        """Start a killed component again (same ports and data); seconds until healthy."""
+        return self._plane.start_again(name, timeout)
+
+    def restart_component(self, name: str, down_for: float = 0.0, timeout: float = 120) -> float:
+        """Kill a component and start it again after `down_for` s; seconds it was away."""
+        return self._plane.restart(name, down_for, timeout)
+
+    def component_healthy(self, name: str) -> bool:
+        return self._plane.healthy(name)
 
 
 @contextlib.contextmanager

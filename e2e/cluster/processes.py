@@ -187,6 +187,12 @@ def spawn(
             preexec_fn=_die_with_parent,
             cwd=record.workdir,
         )
-    record.processes.append(ProcessRecord(name, proc.pid, start_time(proc.pid)))
+    entry = ProcessRecord(name, proc.pid, start_time(proc.pid))
+    # A component started again keeps its place: the run is stopped in reverse start order.
+    index = next((i for i, p in enumerate(record.processes) if p.name == name), None)
+    if index is None:
+        record.processes.append(entry)
+    else:
+        record.processes[index] = entry
     record.save()
     return proc
