@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ def retrying(action: object, what: str, timeout: float = 120) -> None:
         try:
             action()  # type: ignore[operator]
             return
-        except (CommandError, TimeoutError):
+        except (CommandError, TimeoutError, subprocess.TimeoutExpired):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
@@ -94,11 +95,12 @@ def test_api_server_and_etcd_restarts_converge_without_an_operator_restart(
                         parallelism={"pipeline": pipeline, "tensor": tensor, "sequence": 1},
                     )
                     retrying(lambda body=body: cluster.apply(body, namespace=namespace), name)
-                    time.sleep(0.4)
+                    time.sleep(1.0)
 
             arrivals = threading.Thread(target=arrive, daemon=True)
             arrivals.start()
-            time.sleep(1.0)
+            # Mid-creation: the first deployment's ranks exist, the others are on their way.
+            cluster.wait_for(lambda: len(ledger.uids) >= 1, timeout=60, interval=0.05)
             pods_at_kill = len(ledger.uids)
             away = cluster.restart_component("kube-apiserver", down_for=DOWN_FOR)
             arrivals.join(timeout=180)
@@ -114,20 +116,35 @@ def test_api_server_and_etcd_restarts_converge_without_an_operator_restart(
             assert first[0].ok, f"{first[0].unconverged}\n{operator.log_tail()}"
             assert api_alive, f"the operator exited:\n{operator.log_tail()}"
 
-            # etcd dies right after three deployments were scaled up.
+            # etcd dies in the middle of a scale-up of three deployments.
             scaled = names[:3]
-            for name in scaled:
-                patch = json.dumps({"spec": {"replicas": 2}})
-                cluster.kubectl("patch", "infd", name, "-n", namespace, "--type=merge", "-p", patch)
-            time.sleep(0.5)
+
+            def scale_up() -> None:
+                for name in scaled:
+                    patch = json.dumps({"spec": {"replicas": 2}})
+                    retrying(
+                        lambda name=name, patch=patch: cluster.kubectl(
+                            "patch", "infd", name, "-n", namespace, "--type=merge", "-p", patch,
+                            timeout=20,
+                        ),
+                        name,
+                    )  # fmt: skip
+                    time.sleep(1.0)
+
+            scaling = threading.Thread(target=scale_up, daemon=True)
+            scaling.start()
+            seen = len(ledger.uids)
+            cluster.wait_for(lambda: len(ledger.uids) > seen, timeout=60, interval=0.05)
             pods_at_kill = len(ledger.uids)
             away = cluster.restart_component("etcd", down_for=DOWN_FOR)
+            scaling.join(timeout=180)
             expected |= {name: (2, pipeline * tensor) for name in scaled}
             second = converge(cluster, namespace, expected)
             etcd_alive = operator.alive()
             same = operator.process is not None and operator.process.pid == pid
             report += [
-                f"etcd: SIGKILLed during a scale-up with {pods_at_kill} pods seen, away "
+                f"etcd: SIGKILLed during a scale-up of 3 deployments, {pods_at_kill} of "
+                f"{sum(r * w for r, w in expected.values())} pods seen, away "
                 f"{away:.1f} s",
                 f"  converged {second[1]:.1f} s after it was back: {second[0].summary()}",
                 f"  operator still the same process: {etcd_alive and same} "
