@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit integration cluster-binaries crd clean
+.PHONY: demo test lint typecheck unit integration chaos cluster-binaries crd clean
 .PHONY: lint-charts lint-shell lint-dockerfiles e2e e2e-kind demo-down
 
 $(BIN)/.installed: pyproject.toml
@@ -33,8 +33,14 @@ unit: cluster-binaries
 cluster-binaries: $(BIN)/.installed
 	$(BIN)/python -m e2e.cluster build
 
+# The chaos suite (tests marked chaos: operator kills, control-plane restarts, a frozen leader,
+# repair, slow metrics, fuzzed specs) runs within `make test`, in the unit and integration
+# sessions; `make chaos` runs only it. Its figures are printed whether it passes or not.
 integration: cluster-binaries
 	$(BIN)/pytest tests/integration -q
+
+chaos: cluster-binaries
+	$(BIN)/pytest tests/unit tests/integration -q -m chaos
 
 # The CRD is generated from the models; the chart carries a copy (unit tests fail on drift).
 crd: $(BIN)/.installed
