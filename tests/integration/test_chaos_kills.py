@@ -27,6 +27,9 @@ SMALL_MODEL = {"name": "meta-llama/Llama-2-7b-hf", "dtype": "float16", "paramete
 # (pipeline, tensor): pinned tensor groups and plain ones, 2 to 4 GPUs per replica.
 SHAPES = [(2, 1), (2, 2), (4, 1), (1, 2)]
 QUIET_SECONDS = 20.0
+# The share of kills aimed at start-up (before the operator serves); the others land at a
+# random moment within 1.5 s of it serving, while it lists the world and acts on it.
+DURING_START_UP = 0.25
 
 
 def test_a_hundred_kills_while_deployments_come_and_go(
@@ -95,7 +98,13 @@ def test_a_hundred_kills_while_deployments_come_and_go(
                     scale(name, final[name])
                 else:
                     cluster.kubectl("delete", "infd", name, "-n", namespace, "--wait=false")
-            time.sleep(rng.uniform(0.3, 3.0))
+            if rng.random() < DURING_START_UP:
+                time.sleep(rng.uniform(0.2, 2.0))
+            else:  # while it works: from the moment it serves, its indexes still loading
+                deadline = time.monotonic() + 30
+                while not operator.answers_health() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 1.5))
             leading_at_kill += operator.answers_health()
             operator.kill()
             kills += 1
