@@ -212,6 +212,12 @@ class RecordingCluster(Cluster):
     async def delete_pods(self, namespace: str, pods: Sequence[tuple[str, str]]) -> None:
         return None
 
+    async def delete_object(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        return None
+
+    async def namespace_terminating(self, namespace: str) -> bool:
+        return False
+
     async def patch_deployment(
         self, namespace: str, name: str, patch: dict[str, Any], **_: Any
     ) -> dict[str, Any] | None:
