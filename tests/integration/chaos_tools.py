@@ -42,6 +42,10 @@ class ChaosOperator(OperatorProcess):
         server: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        # Logs outlive pytest's temporary directories when PARASERVE_CHAOS_LOGS names a place.
+        if keep := os.environ.get("PARASERVE_CHAOS_LOGS"):
+            log_dir = Path(keep) / log_dir.name
+            log_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(cluster, log_dir, *extra, identity=identity)
         self.user = audited_user(identity)
         self.kubeconfig = cluster.user_kubeconfig(self.user, server=server)
@@ -180,6 +184,14 @@ class Census:
             and not self.unconverged
         )
 
+    def details(self) -> str:
+        """What is wrong, for a failing test's message."""
+        return (
+            f"missing {sorted(self.missing)[:10]}, extra {sorted(self.extra)[:10]}, "
+            f"orphans {self.orphans[:10]}, duplicates {self.duplicates[:10]}, "
+            f"not running {self.not_running[:10]}, statuses {self.unconverged}"
+        )
+
     def summary(self) -> str:
         return (
             f"pods expected {len(self.expected)}, found {len(self.found)} "
@@ -228,7 +240,12 @@ def census(
             or metadata.get("deletionTimestamp")
             or not ready
         ):
-            not_running.append(metadata["name"])
+            not_running.append(
+                f"{metadata['name']} ({pod['status'].get('phase')}, "
+                f"node {pod['spec'].get('nodeName')}, ready {ready}"
+                + (", deleting" if metadata.get("deletionTimestamp") else "")
+                + ")"
+            )
     duplicates = [name for names in coordinates.values() if len(names) > 1 for name in names]
     unconverged: dict[str, str] = {}
     for name in sorted(set(deployments) | set(expected_replicas)):

@@ -113,7 +113,7 @@ def test_api_server_and_etcd_restarts_converge_without_an_operator_restart(
                 f"  converged {first[1]:.1f} s after it was back: {first[0].summary()}",
                 f"  operator still the same process: {api_alive}",
             ]
-            assert first[0].ok, f"{first[0].unconverged}\n{operator.log_tail()}"
+            assert first[0].ok, f"{first[0].details()}\n{operator.log_tail()}"
             assert api_alive, f"the operator exited:\n{operator.log_tail()}"
 
             # etcd dies in the middle of a scale-up of three deployments.
@@ -151,7 +151,7 @@ def test_api_server_and_etcd_restarts_converge_without_an_operator_restart(
                 f"(started {operator.starts} time)",
                 f"pods recreated that nobody touched: {len(ledger.recreated())}",
             ]
-            assert second[0].ok, f"{second[0].unconverged}\n{operator.log_tail()}"
+            assert second[0].ok, f"{second[0].details()}\n{operator.log_tail()}"
             assert etcd_alive and same and operator.starts == 1, operator.log_tail()
             assert not ledger.recreated(), ledger.recreated()
         finally:

@@ -12,7 +12,6 @@ write; A's writes after expiry are counted and must be none.
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from pathlib import Path
@@ -51,10 +50,12 @@ def holder(cluster: LocalCluster) -> str | None:
 def test_a_frozen_leader_stops_before_its_lease_expires_and_never_writes_after(
     cluster: LocalCluster, inference_crd: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    memory = itertools.cycle((1_000_000_000, 2_000_000_000))
-    rank = RankEndpoint(
-        lambda: [(f"paraserve_rank_memory_used_bytes {next(memory)}\n".encode(), 0)]
-    )
+    def exposition() -> list[tuple[bytes, float]]:
+        # Every rank says 1 GB in even seconds and 2 GB in odd ones: each scrape is news.
+        memory = 1_000_000_000 * (1 + int(time.time()) % 2)
+        return [(f"paraserve_rank_memory_used_bytes {memory}\n".encode(), 0.0)]
+
+    rank = RankEndpoint(exposition)
     host, port = cluster.server.removeprefix("https://").rsplit(":", 1)
     with (
         cluster.namespace() as namespace,
