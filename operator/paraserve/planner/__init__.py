@@ -20,6 +20,7 @@ from paraserve.planner import codes
 from paraserve.planner.huggingface import (
     SUPPORTED_MODEL_TYPES,
     ConfigError,
+    ConfigMapNotFound,
     architecture_from_config,
     architecture_from_text,
     resolve_architecture,
@@ -31,6 +32,7 @@ from paraserve.planner.suggest import MoreNodes, Suggestion, closest, suggest, s
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "ConfigError",
+    "ConfigMapNotFound",
     "Exclusions",
     "MoreNodes",
     "Pool",

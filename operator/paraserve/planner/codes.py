@@ -23,3 +23,10 @@ ERRORS: Final = (
     MEMORY_LIMIT_EXCEEDED,
 )
 WARNINGS: Final = (UNKNOWN_GPU_MEMORY, INSUFFICIENT_FREE_GPUS)
+
+# Reading model.architectureFrom's ConfigMap (planner.resolve_architecture), before planning.
+#: The ConfigMap does not exist: the deployment waits for it (as a pod waits for a ConfigMap
+#: volume), and the webhook admits with a warning.
+CONFIG_MAP_NOT_FOUND: Final = "ConfigMapNotFound"
+#: It exists, but the key is missing, or its text is no config.json the parser reads: Rejected.
+INVALID_MODEL_CONFIG: Final = "InvalidModelConfig"

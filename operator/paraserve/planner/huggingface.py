@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -23,10 +23,20 @@ from paraserve.api import (
     WeightPart,
     describe_validation_error,
 )
+from paraserve.planner import codes
 
 
 class ConfigError(ValueError):
     """A config.json the parser cannot turn into an architecture: one line for a person."""
+
+    #: The reason the operator reports (condition Validated=False, Event, webhook refusal).
+    code: ClassVar[str] = codes.INVALID_MODEL_CONFIG
+
+
+class ConfigMapNotFound(ConfigError):
+    """model.architectureFrom names a ConfigMap that does not exist (yet): a wait."""
+
+    code: ClassVar[str] = codes.CONFIG_MAP_NOT_FOUND
 
 
 Config = Mapping[str, Any]
@@ -64,11 +74,13 @@ def architecture_from_text(text: str, source: str = "config.json") -> Architectu
 
 
 def resolve_architecture(
-    spec: InferenceDeploymentSpec, config_map_data: Mapping[str, str] | None
+    spec: InferenceDeploymentSpec, config_map_data: Mapping[str, str | None] | None
 ) -> InferenceDeploymentSpec:
     """``spec`` with model.architectureFrom replaced by the architecture its ConfigMap holds.
 
-    ``config_map_data`` is the ConfigMap's ``data`` (None when the ConfigMap does not exist).
+    ``config_map_data`` is the ConfigMap's ``data`` (None when the ConfigMap does not exist:
+    ConfigMapNotFound). A value None stands for a key whose text the caller did not keep
+    because it holds no ``model_type`` (the operator's index keeps only model configs).
     A spec without architectureFrom is returned as it is.
     """
     source = spec.model.architecture_from
@@ -77,11 +89,21 @@ def resolve_architecture(
     ref = source.config_map_key_ref
     where = f"ConfigMap {ref.name!r}"
     if config_map_data is None:
-        raise ConfigError(f"model.architectureFrom: {where} not found")
+        file = "config.json" if ref.key == "config.json" else f"{ref.key}=config.json"
+        raise ConfigMapNotFound(
+            f"model.architectureFrom: {where} not found; it should hold key {ref.key!r}"
+            f" (kubectl create configmap {ref.name} --from-file={file})"
+        )
     if ref.key not in config_map_data:
         keys = ", ".join(sorted(config_map_data)) or "none"
         raise ConfigError(f"model.architectureFrom: {where} has no key {ref.key!r} (keys: {keys})")
-    architecture = architecture_from_text(config_map_data[ref.key], f"{where} key {ref.key!r}")
+    text = config_map_data[ref.key]
+    if text is None:
+        raise ConfigError(
+            f'model.architectureFrom: {where} key {ref.key!r} holds no "model_type":'
+            " not a Hugging Face config.json"
+        )
+    architecture = architecture_from_text(text, f"model.architectureFrom: {where} key {ref.key!r}")
     model = spec.model.model_copy(update={"architecture": architecture, "architecture_from": None})
     return spec.model_copy(update={"model": model})
 

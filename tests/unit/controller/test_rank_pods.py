@@ -102,4 +102,6 @@ def test_the_operator_keeps_one_index_of_rank_pods():
         rank_pods.INDEX,
         "services",
         "configmaps",
+        "model_config_maps",  # model.architectureFrom (reconciling/architecture_source.py)
+        "architecture_sources",
     ]

@@ -16,6 +16,7 @@ from prometheus_client import Counter
 
 from paraserve.api import GROUP, PLURAL, VERSION, Finding
 from paraserve.controller.bodies import plain
+from paraserve.controller.reconciling.deployment_status import WAITING_CODES
 from paraserve.controller.reconciling.reconcile import STATIC_CODES, Key, Reconciler
 
 logger = logging.getLogger("paraserve.webhook")
@@ -55,6 +56,9 @@ def review(
     even before the pool is known."""
     judgement = reconciler.judge(key, raw_spec)
     refusal, verdict = judgement.rejection, judgement.plan
+    if refusal is not None and refusal.code in WAITING_CODES:
+        # ConfigMapNotFound: created later (kubectl apply -f DIR has no order), it is a wait.
+        return Review(warnings=(f"{refusal.code}: {refusal.message}",))
     if verdict is None:
         return Review(refusal=refusal)
     if refusal is not None and refusal.code not in STATIC_CODES and not pool_known:

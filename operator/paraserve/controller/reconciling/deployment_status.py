@@ -24,9 +24,14 @@ from paraserve.api.labels import LABEL_DEPLOYMENT
 from paraserve.controller import merge_patch
 from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling.gang import Decision, GangState
+from paraserve.planner import codes
 
 #: Consecutive failures of one replica after which the deployment shows Failed (it still retries).
 FAILED_AFTER_ATTEMPTS: Final = 5
+
+#: Findings that stop the plan but are a wait, not a rejection: phase Waiting, not Rejected
+#: (as a pod waits for a ConfigMap volume that does not exist yet); the webhook admits them.
+WAITING_CODES: Final = frozenset({codes.CONFIG_MAP_NOT_FOUND})
 
 #: Status fields written by the measurement loop, never by the reconcile.
 MEASURED_FIELDS: Final = ("measured",)
@@ -91,7 +96,8 @@ def _counts(obs: Observation) -> Counts | None:
 def phase_of(obs: Observation) -> Phase:
     alive = [p for p in obs.pods if not p.terminating]
     if obs.spec is None or (obs.rejection is not None and not alive):
-        return Phase.REJECTED
+        waits = obs.rejection is not None and obs.rejection.code in WAITING_CODES
+        return Phase.WAITING if waits and obs.spec is not None else Phase.REJECTED
     counts = _counts(obs)
     assert counts is not None
     decision = obs.decision
@@ -146,7 +152,7 @@ def conditions_of(obs: Observation, phase: Phase) -> list[dict[str, Any]]:
     else:
         validated = _condition(ConditionType.VALIDATED, False, "Unknown", "not planned yet")
     out = [validated]
-    if spec is None or (obs.rejection is not None and phase is Phase.REJECTED):
+    if spec is None or (obs.rejection is not None and phase in (Phase.REJECTED, Phase.WAITING)):
         reason = obs.rejection.code if obs.rejection else "Rejected"
         out.append(_condition(ConditionType.SCHEDULED, False, reason, "nothing is created"))
         out.append(_condition(ConditionType.READY, False, reason, "nothing is created"))

@@ -31,7 +31,7 @@ from paraserve.api.labels import LABEL_DEPLOYMENT
 from paraserve.controller.api_writes import ClusterWrites, NamespaceTerminating, NameTaken
 from paraserve.controller.deployment_writes import DeploymentWrites
 from paraserve.controller.rank_pods import RankPod
-from paraserve.controller.reconciling import owned_objects, placement
+from paraserve.controller.reconciling import architecture_source, owned_objects, placement
 from paraserve.controller.reconciling.deployment_status import (
     Observation,
     desired_status,
@@ -56,7 +56,9 @@ Key = tuple[str, str]  # (namespace, name)
 INVALID_SPEC: Final = "InvalidSpec"
 INVALID_NAME: Final = "InvalidName"
 #: Wrong whatever the cluster looks like (the others depend on the pool).
-STATIC_CODES: Final = frozenset({INVALID_SPEC, INVALID_NAME, codes.INVALID_PARALLELISM})
+STATIC_CODES: Final = frozenset(
+    {INVALID_SPEC, INVALID_NAME, codes.INVALID_PARALLELISM, codes.INVALID_MODEL_CONFIG}
+)
 NAME_TAKEN: Final = "NameTaken"
 GANG_STATE_UNREADABLE: Final = "GangStateUnreadable"
 # After a write conflict the watch has a newer object on its way; look again shortly.
@@ -112,6 +114,7 @@ class Views:
         self.rank_pods: Mapping[Any, Iterable[Any]] = {}
         self.services: Mapping[Any, Iterable[Any]] = {}
         self.configmaps: Mapping[Any, Iterable[Any]] = {}
+        self.model_config_maps: Mapping[Any, Iterable[Any]] = {}
 
     def deployment(self, key: Key) -> dict[str, Any] | None:
         store = self.deployments.get(key)
@@ -132,6 +135,9 @@ class Views:
     def owned_by(self, key: Key) -> list[dict[str, Any]]:
         """The Services and ConfigMaps labelled as this deployment's, as the watch shows them."""
         return [*self.services.get(key, ()), *self.configmaps.get(key, ())]
+
+    def config_map_data(self, namespace: str, name: str) -> Mapping[str, str | None] | None:
+        return architecture_source.config_map_data(self.model_config_maps, namespace, name)
 
 
 ALL: Final = "all"
@@ -303,13 +309,18 @@ class Reconciler:
     # -- steps -----------------------------------------------------------------------------
 
     def judge(self, key: Key, raw_spec: Mapping[str, Any]) -> Judgement:
-        """Parse, check the name, build the pool as this deployment sees it, plan. Reads only.
+        """Parse, check the name, read architectureFrom's ConfigMap, build the pool as this
+        deployment sees it, plan. Reads only.
 
         The admission webhook calls exactly this, so it can never disagree with the reconcile.
         """
         spec, rejection = self.parse_spec(key[1], raw_spec)
         if spec is None:
             return Judgement(spec=None, rejection=rejection)
+        # model.architectureFrom: its ConfigMap read from the index; unread, nothing is planned.
+        spec, unresolved = architecture_source.resolve(spec, key[0], self.views.config_map_data)
+        if unresolved is not None:
+            return Judgement(spec=spec, rejection=rejection or unresolved)
         pool = self.pool_for(key, spec)
         verdict = plan(spec, pool)
         if rejection is None and verdict.errors:

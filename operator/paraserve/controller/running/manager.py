@@ -20,6 +20,7 @@ from paraserve.api import Phase
 from paraserve.controller import rank_pods
 from paraserve.controller.api_writes import NotLeader
 from paraserve.controller.reconciling.gang import MAX_EXPONENT
+from paraserve.controller.reconciling import architecture_source
 from paraserve.controller.reconciling.reconcile import CONFLICT_RETRY, Key, Reconciler, Views
 from paraserve.controller.running.cluster_io import ApiError
 from paraserve.controller.running.operator_metrics import OperatorMetrics
@@ -125,6 +126,7 @@ class Manager:
         self.views.rank_pods = indices[rank_pods.INDEX]
         self.views.services = indices["services"]
         self.views.configmaps = indices["configmaps"]
+        self.views.model_config_maps = indices[architecture_source.CONFIG_MAPS]
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()

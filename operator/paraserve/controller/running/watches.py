@@ -21,6 +21,7 @@ from paraserve.api.labels import (
 )
 from paraserve.controller import rank_pods
 from paraserve.controller.bodies import plain
+from paraserve.controller.reconciling import architecture_source
 from paraserve.controller.reconciling.gang import GANG_ANNOTATION
 from paraserve.controller.reconciling.reconcile import ALL, Key
 from paraserve.controller.running.manager import Manager
@@ -175,6 +176,22 @@ def register(registry: kopf.OperatorRegistry, manager: Manager) -> None:
             key = _owner_key(body)
             if key is not None:
                 manager.enqueue(key)
+
+    # model.architectureFrom: the ConfigMaps holding model configs, and who names each.
+    @kopf.index("v1", "configmaps", id=architecture_source.CONFIG_MAPS, registry=registry)
+    async def model_config_maps(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return architecture_source.config_map_entry(body)
+
+    @kopf.index(GROUP, VERSION, PLURAL, id=architecture_source.NAMED_BY, registry=registry)
+    async def architecture_sources(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return architecture_source.named_by_entry(body)
+
+    @kopf.on.event("v1", "configmaps", id="configmap-changed", registry=registry)
+    async def config_map_changed(body: kopf.Body, **kwargs: Any) -> None:
+        named_by = kwargs[architecture_source.NAMED_BY]
+        namespace, name = str(body.metadata.namespace), str(body.metadata.name)
+        for key in architecture_source.deployments_naming(named_by, namespace, name):
+            manager.enqueue(key)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="deployment-changed", registry=registry)
     async def deployment_changed(body: kopf.Body, **kwargs: Any) -> None:
