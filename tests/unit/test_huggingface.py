@@ -14,7 +14,9 @@ from paraserve.cli import main
 from paraserve.planner import (
     SUPPORTED_MODEL_TYPES,
     ConfigError,
+    ConfigMapNotFound,
     architecture_from_config,
+    codes,
     resolve_architecture,
 )
 
@@ -156,8 +158,24 @@ def test_resolve_architecture_from_a_config_map() -> None:
         resolve_architecture(spec, {"other": "{}"})
     with pytest.raises(ConfigError, match="not JSON"):
         resolve_architecture(spec, {"config.json": "{"})
+    # The operator's index keeps no text of a value without "model_type".
+    with pytest.raises(ConfigError, match='holds no "model_type"'):
+        resolve_architecture(spec, {"config.json": None})
     plain = InferenceDeploymentSpec.model_validate({"model": {"name": "m", "parameters": "7B"}})
     assert resolve_architecture(plain, None) is plain
+
+
+def test_a_missing_config_map_is_a_wait_the_rest_invalid() -> None:
+    spec = InferenceDeploymentSpec.model_validate(
+        {"model": {"name": "m", "architectureFrom": {"configMapKeyRef": {"name": "llama"}}}}
+    )
+    with pytest.raises(ConfigMapNotFound) as missing:
+        resolve_architecture(spec, None)
+    assert missing.value.code == codes.CONFIG_MAP_NOT_FOUND == "ConfigMapNotFound"
+    with pytest.raises(ConfigError) as invalid:
+        resolve_architecture(spec, {"config.json": '{"model_type": "bert"}'})
+    assert not isinstance(invalid.value, ConfigMapNotFound)
+    assert invalid.value.code == codes.INVALID_MODEL_CONFIG == "InvalidModelConfig"
 
 
 def test_architecture_and_architecture_from_exclude_each_other() -> None:

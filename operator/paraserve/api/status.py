@@ -17,7 +17,7 @@ class Phase(enum.StrEnum):
 
     PENDING = "Pending"  # seen, not planned yet
     REJECTED = "Rejected"  # the plan is infeasible; nothing is created
-    WAITING = "Waiting"  # feasible, but not enough free GPUs now
+    WAITING = "Waiting"  # not enough free GPUs now, or the architectureFrom ConfigMap is absent
     SCHEDULING = "Scheduling"  # pods created, not all running
     RUNNING = "Running"  # all pods running, not all ranks ready
     READY = "Ready"  # every rank ready

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -18,6 +19,7 @@ from paraserve.controller.admission.review import (
     review,
     spec_changed,
 )
+from paraserve.controller.reconciling import architecture_source
 from paraserve.controller.reconciling.reconcile import ALL, ControllerSettings, Reconciler, Views
 from paraserve.controller.running.cluster_io import Cluster
 from paraserve.controller.running.operator_metrics import OperatorMetrics
@@ -56,10 +58,22 @@ def gpu_pod(name: str, gpus: int, deployment: str | None = None) -> dict[str, An
     }
 
 
-def reconciler(nodes: list[dict[str, Any]], pods: list[dict[str, Any]] | None = None) -> Reconciler:
+def reconciler(
+    nodes: list[dict[str, Any]],
+    pods: list[dict[str, Any]] | None = None,
+    config_maps: dict[str, dict[str, str]] | None = None,
+) -> Reconciler:
     views = Views()
     views.nodes = {ALL: nodes}
     views.gpu_pods = {ALL: pods or []}
+    # The CONFIG_MAPS index: (namespace, name) → [what it keeps of the ConfigMap].
+    views.config_maps = {
+        key: [view]
+        for name, data in (config_maps or {}).items()
+        for key, view in architecture_source.config_map_entry(
+            {"metadata": {"namespace": NAMESPACE, "name": name}, "data": data}
+        ).items()
+    }
     return Reconciler(Cluster(None), views, ControllerSettings(), OperatorMetrics())
 
 
@@ -142,6 +156,64 @@ def test_before_the_pool_is_known_only_spec_errors_are_refused() -> None:
     invalid = raw_spec(parallelism={"pipeline": 4, "tensor": 2, "sequence": 4})
     refused = review(empty, (NAMESPACE, "d"), invalid, pool_known=False)
     assert refused.refusal is not None and refused.refusal.code == "InvalidParallelism"
+
+
+# -- model.architectureFrom: the same index and resolution as the reconcile ---------------------
+
+CONFIGS = Path(__file__).resolve().parents[4] / "examples" / "configs"
+
+
+def from_config_map(name: str = "llama") -> dict[str, Any]:
+    """Llama 3.1 at PP=1 × TP=1 on one 80 GB GPU, its architecture in ConfigMap `name`."""
+    source = {"configMapKeyRef": {"name": name}}
+    return raw_spec(
+        model={"name": "meta-llama/Llama-3.1", "architectureFrom": source},
+        parallelism={"pipeline": 1, "tensor": 1},
+        serving={"maxBatchSize": 4, "maxSequenceLength": 4096},
+        memory={},
+    )
+
+
+def config(name: str) -> dict[str, str]:
+    return {"config.json": (CONFIGS / f"{name}.json").read_text()}
+
+
+def test_an_architecture_from_a_config_map_is_planned_exactly() -> None:
+    fits = reconciler([node()], config_maps={"llama": config("llama-3.1-8b")})
+    assert review(fits, (NAMESPACE, "llama"), from_config_map(), pool_known=True) == Review()
+    judgement = fits.judge((NAMESPACE, "llama"), from_config_map())
+    assert judgement.plan is not None and judgement.plan.exact
+
+
+def test_an_impossible_architecture_from_a_config_map_is_refused_with_the_arithmetic() -> None:
+    too_big = reconciler([node()], config_maps={"llama": config("llama-3.1-70b")})
+    answer = review(too_big, (NAMESPACE, "llama"), from_config_map(), pool_known=True)
+    assert answer.refusal is not None and answer.refusal.code == "MemoryLimitExceeded"
+    assert answer.refusal.message == (
+        "worst rank (stage 0): 141.11 GB weights + 5.37 GB KV cache + 2.75 GB activations"
+        " + 1.07 GB overhead = 150.3 GB; 150.3 GB / 80 GB = 187.9 % > 85 % maxMemoryUtilization"
+    )
+    assert answer.http_code == 403
+
+
+def test_a_missing_config_map_is_admitted_with_a_warning() -> None:
+    for known in (True, False):
+        answer = review(reconciler([node()]), (NAMESPACE, "d"), from_config_map(), known)
+        assert answer.refusal is None
+        assert answer.warnings == (
+            "ConfigMapNotFound: model.architectureFrom: ConfigMap 'llama' not found; it should"
+            " hold key 'config.json' (kubectl create configmap llama --from-file=config.json)",
+        )
+
+
+def test_a_bad_config_map_is_refused_even_before_the_pool_is_known() -> None:
+    broken = reconciler([], config_maps={"llama": {"config.json": '{"model_type": "llama"'}})
+    answer = review(broken, (NAMESPACE, "d"), from_config_map(), pool_known=False)
+    assert answer.refusal is not None and answer.refusal.code == "InvalidModelConfig"
+    assert answer.refusal.message.startswith(
+        "model.architectureFrom: ConfigMap 'llama' key 'config.json': not JSON: "
+    )
+    assert answer.http_code == 422
 
 
 def test_only_a_changed_spec_is_checked() -> None:
