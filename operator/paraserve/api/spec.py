@@ -100,8 +100,9 @@ class ModelSpec(SpecModel):
     )
     architecture_from: ArchitectureSource | None = Field(
         None,
-        description="Read the architecture from a ConfigMap holding the model's config.json"
-        " (exact memory mode); excludes architecture.",
+        description="Read the architecture from a ConfigMap in this namespace holding the"
+        " model's config.json (exact memory mode; re-planned when it changes, Waiting while it"
+        " does not exist); excludes architecture.",
     )
     parameters: ParameterCount | None = Field(
         None,
