@@ -4,7 +4,10 @@ Run: .venv/bin/python bench/plan_bench.py [--nodes 5000] [--pods 10000] [--repea
 
 Prints, for the review's PP=4 × TP=2 × SP=2 (coarse) and Llama-2-70B (exact):
 building the pool from Node/Pod dicts, plan(), suggest(), and the whole
-`paraserve plan` command on a YAML and on a JSON file of the same pool (parse included).
+`paraserve plan` command on a YAML and on a JSON file of the same pool (parse included):
+in this process, and as a process of its own (interpreter start and imports included, with
+its CPU seconds beside the wall-clock ones: on a shared machine the CPU figure is the steadier).
+PyYAML's own loader on the same YAML file is timed for comparison.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import argparse
 import contextlib
 import io
 import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +35,7 @@ from paraserve.planner import Pool, plan, suggest
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL_LABEL = "paraserve.dev/pool"
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def nodes(count: int) -> list[dict[str, Any]]:
@@ -95,6 +102,33 @@ def cli(args: list[str]) -> None:
         main(args)
 
 
+def process(repeat: int, args: list[str]) -> tuple[float, float, float]:
+    """`paraserve ARGS` as a process: median and best wall seconds, median CPU seconds."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT)])}
+    walls, cpus = [], []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "paraserve.cli", *args],
+            stdout=subprocess.DEVNULL,
+            env=env,
+            check=False,
+        )
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(walls), min(walls), statistics.median(cpus)
+
+
+def report_process(label: str, seconds: tuple[float, float, float]) -> None:
+    median, best, cpu = seconds
+    print(
+        f"  {label:<44} median {median * 1000:9.1f} ms   best {best * 1000:9.1f} ms"
+        f"   CPU {cpu * 1000:7.1f} ms"
+    )
+
+
 def _plan_from_objects(spec: InferenceDeploymentSpec, nodes: Any, pods: Any) -> object:
     return plan(spec, Pool.from_objects(nodes, pods, spec))
 
@@ -157,6 +191,19 @@ def main_bench() -> int:
             ]
             for label, action in measurements:
                 report(label, timed(args.repeat, action))
+            for label, arguments in (
+                ("process: paraserve plan, YAML", command),
+                ("process: paraserve plan --suggest, YAML", [*command, "--suggest"]),
+                ("process: paraserve plan, JSON", json_command),
+                ("process: paraserve plan --suggest, JSON", [*json_command, "--suggest"]),
+            ):
+                report_process(label, process(args.repeat, arguments))
+        print()
+        text = nodes_file.read_text()
+        report(
+            "for comparison: yaml.load_all, C loader",
+            timed(min(args.repeat, 3), lambda: list(yaml.load_all(text, Loader=LOADER))),
+        )
     return 0
 
 

@@ -14,9 +14,7 @@ from pydantic import ValidationError
 from paraserve.api.base import describe_validation_error
 from paraserve.api.constants import API_VERSION, KIND
 from paraserve.api.resource import InferenceDeployment
-
-# libyaml's loader is ~10× faster on the pool files of large clusters.
-_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from paraserve.api.yaml_reading import Loader, Unusual, read_fast
 
 _LIST_KINDS = {"List", "NodeList", "PodList"}
 
@@ -34,7 +32,11 @@ def parse_documents(text: str, source: str) -> list[Any]:
         except json.JSONDecodeError:
             pass  # not one JSON object; YAML's parser reports the problem
     try:
-        return [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
+        return [doc for doc in read_fast(text) if doc is not None]
+    except (Unusual, yaml.YAMLError):
+        pass  # outside what the fast readers take, or not YAML: PyYAML's loader decides
+    try:
+        return [doc for doc in yaml.load_all(text, Loader=Loader) if doc is not None]
     except yaml.YAMLError as error:
         raise DocumentError(f"{source}: not valid YAML: {_yaml_problem(error)}") from None
 

@@ -6,6 +6,7 @@ The formulas: docs/planner.md ("Memory model"); where it sits: docs/design.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from paraserve.api import Architecture, Dtype, InferenceDeploymentSpec, MemoryBreakdown, Parallelism
 from paraserve.api.rank_layout import stage_layer_counts
@@ -32,6 +33,7 @@ class StageShape:
         return self.start + self.layers
 
 
+@lru_cache(maxsize=1024)  # pure; --suggest asks for the same few hundred shapes again and again
 def stage_shapes(num_layers: int | None, pipeline: int) -> tuple[StageShape, ...]:
     counts = stage_layer_counts(num_layers, pipeline) if num_layers else (0,) * pipeline
     starts = [sum(counts[:s]) for s in range(pipeline)]

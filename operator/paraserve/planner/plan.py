@@ -12,8 +12,12 @@ from paraserve.planner.memory import stage_memory, stage_shapes, worst
 from paraserve.planner.pool import Pool
 
 
-def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
-    """The verdict on ``spec`` for ``pool``; pure and total (never raises on a valid spec)."""
+def plan(spec: InferenceDeploymentSpec, pool: Pool, *, with_stages: bool = True) -> Plan:
+    """The verdict on ``spec`` for ``pool``; pure and total (never raises on a valid spec).
+
+    ``with_stages=False`` leaves ``stages`` empty: ``suggest`` weighs hundreds of strategies
+    and reads no stage (a plan of PP=80 has 80 of them).
+    """
     p = spec.parallelism
     gpu_memory = spec.gpu.memory or pool.gpu_memory_bytes
     degree_check = rules.degrees(spec)
@@ -61,7 +65,7 @@ def plan(spec: InferenceDeploymentSpec, pool: Pool) -> Plan:
     else:
         checks.append(rules.capacity(spec, pool, free=True))
 
-    stages = replica_stages(p, num_layers)
+    stages = replica_stages(p, num_layers) if with_stages else []
     return _assemble(spec, pool, checks, stages, memory, per_stage, worst_stage)
 
 

@@ -6,7 +6,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from paraserve.api import GPU_MEMORY_LABEL, InferenceDeploymentSpec, Toleration, parse_bytes
 
@@ -176,6 +177,22 @@ def _gpus(resources: Mapping[str, Any], resource: str) -> int:
     value = resources.get(resource)
     if value is None:
         return 0
+    if type(value) is str:
+        # A pool repeats a handful of quantities ("8", "1") over thousands of objects.
+        count = _QUANTITIES.get(value)
+        if count is None:
+            count = _quantity(value)
+            if len(_QUANTITIES) < _QUANTITIES_KEPT:
+                _QUANTITIES[value] = count
+        return count
+    return _quantity(value)
+
+
+_QUANTITIES: dict[str, int] = {}
+_QUANTITIES_KEPT: Final = 4096
+
+
+def _quantity(value: Any) -> int:
     try:
         return parse_bytes(value)
     except ValueError:
@@ -198,8 +215,13 @@ def _tolerated(taint: Any, tolerations: list[Toleration]) -> bool:
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    if type(value) is dict:  # the common case, without the ABC's isinstance
+        return value
+    return value if isinstance(value, Mapping) else _EMPTY
 
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})

@@ -61,7 +61,7 @@ def suggest(spec: InferenceDeploymentSpec, pool: Pool) -> list[Suggestion]:
     asked = spec.parallelism
     found = []
     for candidate in candidates(spec, pool):
-        verdict = plan(spec.model_copy(update={"parallelism": candidate}), pool)
+        verdict = plan(spec.model_copy(update={"parallelism": candidate}), pool, with_stages=False)
         if not verdict.feasible:
             continue
         found.append(
