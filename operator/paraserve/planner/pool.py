@@ -62,29 +62,17 @@ class Pool:
         members: list[PoolNode] = []
         counts: Counter[str] = Counter()
         for node in nodes:
-            metadata = _mapping(node.get("metadata"))
-            node_spec = _mapping(node.get("spec"))
-            labels = _mapping(metadata.get("labels"))
-            if any(labels.get(key) != value for key, value in selector.items()):
-                counts["not_selected"] += 1
+            member = pool_member(node, resource, selector, tolerations)
+            if isinstance(member, str):
+                counts[member] += 1
                 continue
-            if node_spec.get("unschedulable"):
-                counts["cordoned"] += 1
-                continue
-            if not all(_tolerated(taint, tolerations) for taint in _list(node_spec.get("taints"))):
-                counts["tainted"] += 1
-                continue
-            allocatable = _gpus(_mapping(_mapping(node.get("status")).get("allocatable")), resource)
-            if allocatable <= 0:
-                counts["without_gpus"] += 1
-                continue
-            name = str(metadata.get("name", ""))
+            name, allocatable, memory = member
             members.append(
                 PoolNode(
                     name=name,
                     allocatable=allocatable,
                     free=max(0, allocatable - used.get(name, 0)),
-                    gpu_memory_bytes=_gpu_memory(labels.get(GPU_MEMORY_LABEL)),
+                    gpu_memory_bytes=memory,
                 )
             )
         return cls(name=pool_name(selector), nodes=tuple(members), excluded=Exclusions(**counts))
@@ -130,6 +118,30 @@ class Pool:
             for gpus, nodes in sorted(shape.items(), reverse=True)
         ]
         return " + ".join(parts) if parts else "no nodes"
+
+
+def pool_member(
+    node: Mapping[str, Any],
+    resource: str,
+    selector: Mapping[str, str],
+    tolerations: list[Toleration],
+) -> tuple[str, int, int | None] | str:
+    """(name, allocatable GPUs, GPU memory) of a node in the pool, or why it is not in it
+    (an `Exclusions` field name)."""
+    metadata = _mapping(node.get("metadata"))
+    node_spec = _mapping(node.get("spec"))
+    labels = _mapping(metadata.get("labels"))
+    if any(labels.get(key) != value for key, value in selector.items()):
+        return "not_selected"
+    if node_spec.get("unschedulable"):
+        return "cordoned"
+    if not all(_tolerated(taint, tolerations) for taint in _list(node_spec.get("taints"))):
+        return "tainted"
+    allocatable = _gpus(_mapping(_mapping(node.get("status")).get("allocatable")), resource)
+    if allocatable <= 0:
+        return "without_gpus"
+    name = str(metadata.get("name", ""))
+    return name, allocatable, _gpu_memory(labels.get(GPU_MEMORY_LABEL))
 
 
 def pool_name(selector: Mapping[str, str]) -> str:

@@ -1,0 +1,286 @@
+"""The pool kept from the watch: node and GPU-pod events adjust each node's free GPUs.
+
+`Pool.from_objects` reads every node and every pod: ~0.1 s at 5,000 nodes and 10,000 pods, too
+long to spend on an operator's event loop in every reconcile. `LivePool` is told of each node
+and pod as the watch sees it and keeps, per GPU resource, what each node's pods use; asking
+for the pool of a spec then costs a copy of a tuple, and only a change of the nodes themselves
+(labels, taints, cordon, allocatable: rare) makes it look at every node again. Its pools equal
+`Pool.from_objects` over the same nodes and pods (a property test holds them equal after any
+sequence of events).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from paraserve.api import InferenceDeploymentSpec, Toleration
+from paraserve.api.labels import LABEL_DEPLOYMENT, PLANNED_NODE_ANNOTATION
+from paraserve.planner.pool import (
+    Exclusions,
+    Pool,
+    PoolNode,
+    pod_gpu_request,
+    pool_member,
+    pool_name,
+)
+
+PodKey = tuple[str, str]  # (namespace, name)
+Owner = tuple[str, str]  # (namespace, deployment): the rank pods of one deployment
+
+_TERMINATED: Final = ("Succeeded", "Failed")
+# Distinct (resource, selector, tolerations) kept at once; more are simply built again.
+_VIEWS_KEPT: Final = 64
+
+
+@dataclass
+class _PodRecord:
+    """A pod that holds GPUs: bound to a node, or placed on one by the operator (annotation)."""
+
+    node: str | None
+    planned: str | None
+    owner: Owner | None
+    spec: Mapping[str, Any]
+    requests: dict[str, int] = field(default_factory=dict)  # by resource, as asked for
+
+    def request(self, resource: str) -> int:
+        count = self.requests.get(resource)
+        if count is None:
+            count = self.requests[resource] = pod_gpu_request(self.spec, resource)
+        return count
+
+
+@dataclass
+class _View:
+    """The pool of one (resource, selector, tolerations): its nodes in node order."""
+
+    resource: str
+    name: str
+    members: list[PoolNode]
+    index: dict[str, int]
+    excluded: Exclusions
+    cached: Pool | None = None
+
+
+class LivePool:
+    """Nodes and GPU pods as the watch reports them, and the pool of any spec among them."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, Mapping[str, Any]] = {}
+        self._pods: dict[PodKey, _PodRecord] = {}
+        self._owned: dict[Owner, set[PodKey]] = {}
+        # resource → node → GPUs requested by bound, non-terminated pods.
+        self._used: dict[str, dict[str, int]] = {}
+        # resource → node → GPUs of pods the operator placed there that are not bound yet.
+        self._planned: dict[str, dict[str, int]] = {}
+        self._views: dict[tuple[Any, ...], _View] = {}
+
+    # -- what the watch says ------------------------------------------------------------------
+
+    def put_node(self, node: Mapping[str, Any]) -> None:
+        """A node was added or changed (its heartbeats, which change nothing read, cost nothing)."""
+        name = str((node.get("metadata") or {}).get("name", ""))
+        if self._nodes.get(name) == node:
+            return
+        self._nodes[name] = node
+        self._views.clear()  # membership or capacity may have changed: looked at again on use
+
+    def remove_node(self, name: str) -> None:
+        if self._nodes.pop(name, None) is not None:
+            self._views.clear()
+
+    def put_pod(self, pod: Mapping[str, Any]) -> None:
+        """A pod was added or changed; one finished, or holding no GPU anywhere, is dropped."""
+        metadata = pod.get("metadata") or {}
+        key = (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
+        old = self._pods.pop(key, None)
+        if old is not None:
+            self._count(old, -1)
+            self._disown(key, old)
+        record = _record(pod)
+        if record is not None:
+            self._pods[key] = record
+            self._count(record, +1)
+            if record.owner is not None:
+                self._owned.setdefault(record.owner, set()).add(key)
+
+    def remove_pod(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        old = self._pods.pop(key, None)
+        if old is not None:
+            self._count(old, -1)
+            self._disown(key, old)
+
+    # -- what a reconcile asks ----------------------------------------------------------------
+
+    def pool(self, spec: InferenceDeploymentSpec, *, without: Owner | None = None) -> Pool:
+        """`Pool.from_objects(nodes, pods, spec)`, leaving out the pods of deployment `without`
+        (a deployment sees its own ranks' GPUs as free)."""
+        view = self._view(spec)
+        if view.cached is None:
+            view.cached = Pool(name=view.name, nodes=tuple(view.members), excluded=view.excluded)
+        own = self._own_use(view, without) if without is not None else {}
+        if not own:
+            return view.cached
+        members = list(view.members)
+        used = self._used[view.resource]
+        for node, count in own.items():
+            position = view.index[node]
+            member = members[position]
+            members[position] = PoolNode(
+                name=member.name,
+                allocatable=member.allocatable,
+                free=max(0, member.allocatable - (used.get(node, 0) - count)),
+                gpu_memory_bytes=member.gpu_memory_bytes,
+            )
+        return Pool(name=view.name, nodes=tuple(members), excluded=view.excluded)
+
+    def free_by_node(self, spec: InferenceDeploymentSpec) -> dict[str, int]:
+        """Free GPUs of each pool node counting every pod, also those placed but not bound."""
+        view = self._view(spec)
+        planned = self._planned[view.resource]
+        if not planned:
+            return {member.name: member.free for member in view.members}
+        return {
+            member.name: max(0, member.free - planned.get(member.name, 0))
+            for member in view.members
+        }
+
+    def nodes(self) -> list[Mapping[str, Any]]:
+        return list(self._nodes.values())
+
+    def __len__(self) -> int:
+        """Pods that hold GPUs (bound or placed)."""
+        return len(self._pods)
+
+    # -- inside -------------------------------------------------------------------------------
+
+    def _view(self, spec: InferenceDeploymentSpec) -> _View:
+        resource = spec.gpu.resource_name
+        selector = spec.placement.node_selector
+        tolerations = spec.placement.tolerations
+        key = (resource, tuple(sorted(selector.items())), _tolerations_key(tolerations))
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) >= _VIEWS_KEPT:
+                self._views.clear()
+            view = self._views[key] = self._build(resource, selector, tolerations)
+        return view
+
+    def _build(
+        self, resource: str, selector: Mapping[str, str], tolerations: list[Toleration]
+    ) -> _View:
+        used = self._track(resource)
+        members: list[PoolNode] = []
+        counts: Counter[str] = Counter()
+        for node in self._nodes.values():
+            member = pool_member(node, resource, selector, tolerations)
+            if isinstance(member, str):
+                counts[member] += 1
+                continue
+            name, allocatable, memory = member
+            members.append(
+                PoolNode(
+                    name=name,
+                    allocatable=allocatable,
+                    free=max(0, allocatable - used.get(name, 0)),
+                    gpu_memory_bytes=memory,
+                )
+            )
+        return _View(
+            resource=resource,
+            name=pool_name(selector),
+            members=members,
+            index={member.name: position for position, member in enumerate(members)},
+            excluded=Exclusions(**counts),
+        )
+
+    def _track(self, resource: str) -> dict[str, int]:
+        """The use of `resource` by node, counted once from every pod the first time it is
+        asked for, then kept by every pod event."""
+        used = self._used.get(resource)
+        if used is None:
+            used = self._used[resource] = {}
+            planned = self._planned[resource] = {}
+            for record in self._pods.values():
+                _add(used, planned, record, resource, +1)
+        return used
+
+    def _count(self, record: _PodRecord, sign: int) -> None:
+        for resource, used in self._used.items():
+            node = _add(used, self._planned[resource], record, resource, sign)
+            if node is None or record.node is None:
+                continue  # nothing used, or only placed: free_by_node reads it, pools do not
+            for view in self._views.values():
+                position = view.index.get(node)
+                if view.resource != resource or position is None:
+                    continue
+                member = view.members[position]
+                view.members[position] = PoolNode(
+                    name=member.name,
+                    allocatable=member.allocatable,
+                    free=max(0, member.allocatable - used.get(node, 0)),
+                    gpu_memory_bytes=member.gpu_memory_bytes,
+                )
+                view.cached = None
+
+    def _disown(self, key: PodKey, record: _PodRecord) -> None:
+        if record.owner is None:
+            return
+        owned = self._owned.get(record.owner)
+        if owned is not None:
+            owned.discard(key)
+            if not owned:
+                del self._owned[record.owner]
+
+    def _own_use(self, view: _View, owner: Owner) -> dict[str, int]:
+        own: dict[str, int] = {}
+        for key in self._owned.get(owner, ()):
+            record = self._pods[key]
+            if record.node is not None and record.node in view.index:
+                count = record.request(view.resource)
+                if count:
+                    own[record.node] = own.get(record.node, 0) + count
+        return own
+
+
+def _add(
+    used: dict[str, int], planned: dict[str, int], record: _PodRecord, resource: str, sign: int
+) -> str | None:
+    """Add (or take away) the pod's GPUs of `resource` where it is; the node, if any."""
+    count = record.request(resource)
+    node = record.node or record.planned
+    if not count or node is None:
+        return None
+    counts = used if record.node is not None else planned
+    total = counts.get(node, 0) + sign * count
+    if total:
+        counts[node] = total
+    else:
+        counts.pop(node, None)
+    return node
+
+
+def _record(pod: Mapping[str, Any]) -> _PodRecord | None:
+    spec = pod.get("spec") or {}
+    if (pod.get("status") or {}).get("phase") in _TERMINATED:
+        return None
+    metadata = pod.get("metadata") or {}
+    node = spec.get("nodeName") or None
+    planned = (
+        ((metadata.get("annotations") or {}).get(PLANNED_NODE_ANNOTATION) or None)
+        if (node is None)
+        else None
+    )
+    if node is None and planned is None:
+        return None
+    deployment = (metadata.get("labels") or {}).get(LABEL_DEPLOYMENT)
+    owner = (str(metadata.get("namespace", "")), str(deployment)) if deployment else None
+    return _PodRecord(node=node, planned=planned, owner=owner, spec=spec)
+
+
+def _tolerations_key(tolerations: Iterable[Toleration]) -> tuple[str, ...]:
+    return tuple(json.dumps(t.to_wire(), sort_keys=True) for t in tolerations)
