@@ -46,6 +46,14 @@ class _PodRecord:
     spec: Mapping[str, Any]
     requests: dict[str, int] = field(default_factory=dict)  # by resource, as asked for
 
+    def same_place(self, other: _PodRecord) -> bool:
+        return (self.node, self.planned, self.owner, self.spec) == (
+            other.node,
+            other.planned,
+            other.owner,
+            other.spec,
+        )
+
     def request(self, resource: str) -> int:
         count = self.requests.get(resource)
         if count is None:
@@ -80,39 +88,48 @@ class LivePool:
 
     # -- what the watch says ------------------------------------------------------------------
 
-    def put_node(self, node: Mapping[str, Any]) -> None:
-        """A node was added or changed (its heartbeats, which change nothing read, cost nothing)."""
+    def put_node(self, node: Mapping[str, Any]) -> bool:
+        """A node was added or changed; whether anything the pool reads changed (a heartbeat
+        changes nothing and costs nothing)."""
         name = str((node.get("metadata") or {}).get("name", ""))
         if self._nodes.get(name) == node:
-            return
+            return False
         self._nodes[name] = node
         self._views.clear()  # membership or capacity may have changed: looked at again on use
+        return True
 
-    def remove_node(self, name: str) -> None:
-        if self._nodes.pop(name, None) is not None:
-            self._views.clear()
+    def remove_node(self, name: str) -> bool:
+        if self._nodes.pop(name, None) is None:
+            return False
+        self._views.clear()
+        return True
 
-    def put_pod(self, pod: Mapping[str, Any]) -> None:
-        """A pod was added or changed; one finished, or holding no GPU anywhere, is dropped."""
+    def put_pod(self, pod: Mapping[str, Any]) -> bool:
+        """A pod was added or changed (one finished, or holding no GPU anywhere, is dropped);
+        whether the GPUs it holds changed."""
         metadata = pod.get("metadata") or {}
         key = (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
-        old = self._pods.pop(key, None)
-        if old is not None:
-            self._count(old, -1)
-            self._disown(key, old)
         record = _record(pod)
-        if record is not None:
-            self._pods[key] = record
-            self._count(record, +1)
-            if record.owner is not None:
-                self._owned.setdefault(record.owner, set()).add(key)
+        old = self._pods.get(key)
+        if old is not None and record is not None and old.same_place(record):
+            return False  # its status moved on (running, ready): its GPUs did not
+        self.remove_pod(*key)
+        if record is None:
+            return old is not None
+        self._pods[key] = record
+        self._count(record, +1)
+        if record.owner is not None:
+            self._owned.setdefault(record.owner, set()).add(key)
+        return True
 
-    def remove_pod(self, namespace: str, name: str) -> None:
+    def remove_pod(self, namespace: str, name: str) -> bool:
         key = (namespace, name)
         old = self._pods.pop(key, None)
-        if old is not None:
-            self._count(old, -1)
-            self._disown(key, old)
+        if old is None:
+            return False
+        self._count(old, -1)
+        self._disown(key, old)
+        return True
 
     # -- what a reconcile asks ----------------------------------------------------------------
 
@@ -151,6 +168,10 @@ class LivePool:
 
     def nodes(self) -> list[Mapping[str, Any]]:
         return list(self._nodes.values())
+
+    def __contains__(self, key: object) -> bool:
+        """A pod (namespace, name) the watch has shown holding GPUs (bound or placed)."""
+        return key in self._pods
 
     def __len__(self) -> int:
         """Pods that hold GPUs (bound or placed)."""

@@ -266,15 +266,18 @@ def rank_pod(
         pod_spec["nodeSelector"] = dict(placement.node_selector)
     if placement.tolerations:
         pod_spec["tolerations"] = [t.to_wire() for t in placement.tolerations]
-    if placement.tensor_parallel_within_node and spec.parallelism.tensor > 1:
-        pod_spec["affinity"] = _affinity(owner.name, replica, rank)
     annotations = {LABEL_TEMPLATE_HASH: hash_}
     if node is not None:
-        pod_spec.setdefault("affinity", {})["nodeAffinity"] = _pinned(node)
+        # Pinned: every member of the group goes to this node, so no pod affinity is needed
+        # (the scheduler's inter-pod affinity costs it a look at every pod for every pod).
+        pod_spec["affinity"] = {"nodeAffinity": _pinned(node)}
         annotations[PLANNED_NODE_ANNOTATION] = node
-    elif counted_on is not None:
-        # Not pinned: the annotation only tells other reconciles where its GPU is spoken for.
-        annotations[PLANNED_NODE_ANNOTATION] = counted_on
+    else:
+        if placement.tensor_parallel_within_node and spec.parallelism.tensor > 1:
+            pod_spec["affinity"] = _affinity(owner.name, replica, rank)
+        if counted_on is not None:
+            # Not pinned: the annotation only tells other reconciles where its GPU is spoken for.
+            annotations[PLANNED_NODE_ANNOTATION] = counted_on
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -9,6 +9,7 @@ the free GPUs it sees), and pins the group there; the scheduler still checks eve
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -32,20 +33,49 @@ def free_by_node(pool: Pool, pods: Iterable[Mapping[str, Any]], resource: str) -
     return free
 
 
-def place_groups(groups: Iterable[int], tensor: int, free: dict[str, int]) -> dict[int, str] | None:
+class FreeGpus:
+    """Free GPUs by node, also grouped by how many are free, so that the best fit for a group
+    is found without looking at every node (a reconcile may place hundreds of groups on
+    thousands of nodes; scanning them all per group cost seconds)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts  # kept up to date as GPUs are taken
+        self._by_count: dict[int, list[str]] = {}  # free count → node names, sorted
+        for name, count in counts.items():
+            self._by_count.setdefault(count, []).append(name)
+        for names in self._by_count.values():
+            names.sort()
+
+    def best_fit(self, tensor: int) -> str | None:
+        """The node with the fewest free GPUs that still hold `tensor` (the first by name)."""
+        fitting = [count for count, names in self._by_count.items() if count >= tensor and names]
+        return self._by_count[min(fitting)][0] if fitting else None
+
+    def take(self, node: str, gpus: int) -> None:
+        """Take (or, negative, give back) `gpus` of `node`."""
+        count = self.counts[node]
+        names = self._by_count[count]
+        del names[bisect.bisect_left(names, node)]
+        self.counts[node] = count - gpus
+        bisect.insort(self._by_count.setdefault(count - gpus, []), node)
+
+
+def place_groups(
+    groups: Iterable[int], tensor: int, free: dict[str, int] | FreeGpus
+) -> dict[int, str] | None:
     """Best fit: each group to the node with the fewest free GPUs that still hold it.
 
     Takes the GPUs it assigns out of `free`; returns None (and takes nothing) when some group
     does not fit anywhere.
     """
-    trial = dict(free)
+    gpus = free if isinstance(free, FreeGpus) else FreeGpus(free)
     chosen: dict[int, str] = {}
     for group in groups:
-        candidates = [(count, name) for name, count in trial.items() if count >= tensor]
-        if not candidates:
+        node = gpus.best_fit(tensor)
+        if node is None:
+            for taken in chosen.values():
+                gpus.take(taken, -tensor)
             return None
-        _, node = min(candidates)
-        trial[node] -= tensor
+        gpus.take(node, tensor)
         chosen[group] = node
-    free.update(trial)
     return chosen

@@ -27,7 +27,6 @@ from paraserve.api import (
     Plan,
     describe_validation_error,
 )
-from paraserve.api.labels import LABEL_DEPLOYMENT
 from paraserve.controller.api_writes import ClusterWrites, NamespaceTerminating, NameTaken
 from paraserve.controller.deployment_writes import DeploymentWrites
 from paraserve.controller.rank_pods import RankPod
@@ -48,6 +47,7 @@ from paraserve.controller.reconciling.gang import (
     decide,
 )
 from paraserve.planner import Pool, codes, plan
+from paraserve.planner.live_pool import LivePool
 
 logger = logging.getLogger("paraserve.controller")
 
@@ -105,16 +105,40 @@ class ControllerSettings:
 
 
 class Views:
-    """Read access to the operator's in-memory indexes (kopf keeps them, we only read)."""
+    """Read access to the operator's in-memory indexes (kopf keeps them, we only read), and the
+    pool kept from node and GPU-pod events (`live`: no reconcile rebuilds it from every pod)."""
 
     def __init__(self) -> None:
         self.deployments: Mapping[Any, Iterable[Any]] = {}
-        self.nodes: Mapping[Any, Iterable[Any]] = {}
-        self.gpu_pods: Mapping[Any, Iterable[Any]] = {}
+        self._nodes: Mapping[Any, Iterable[Any]] = {}
+        self._gpu_pods: Mapping[Any, Iterable[Any]] = {}
         self.rank_pods: Mapping[Any, Iterable[Any]] = {}
         self.services: Mapping[Any, Iterable[Any]] = {}
         self.configmaps: Mapping[Any, Iterable[Any]] = {}
         self.model_config_maps: Mapping[Any, Iterable[Any]] = {}
+        self.live = LivePool()
+
+    @property
+    def nodes(self) -> Mapping[Any, Iterable[Any]]:
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, index: Mapping[Any, Iterable[Any]]) -> None:
+        """An index of node views; what it holds now is also told to `live` (the watch tells
+        it the rest)."""
+        self._nodes = index
+        for node in index.get(ALL, ()):
+            self.live.put_node(node)
+
+    @property
+    def gpu_pods(self) -> Mapping[Any, Iterable[Any]]:
+        return self._gpu_pods
+
+    @gpu_pods.setter
+    def gpu_pods(self, index: Mapping[Any, Iterable[Any]]) -> None:
+        self._gpu_pods = index
+        for pod in index.get(ALL, ()):
+            self.live.put_pod(pod)
 
     def deployment(self, key: Key) -> dict[str, Any] | None:
         store = self.deployments.get(key)
@@ -340,16 +364,7 @@ class Reconciler:
 
     def pool_for(self, key: Key, spec: InferenceDeploymentSpec) -> Pool:
         """The pool as this deployment sees it: its own ranks' GPUs count as free."""
-        namespace, name = key
-        others = [
-            pod
-            for pod in self.views.all_gpu_pods()
-            if not (
-                pod["metadata"].get("namespace") == namespace
-                and (pod["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT) == name
-            )
-        ]
-        return Pool.from_objects(self.views.all_nodes(), others, spec)
+        return self.views.live.pool(spec, without=key)
 
     def _decide(
         self,
@@ -371,17 +386,24 @@ class Reconciler:
         pin = spec.placement.tensor_parallel_within_node and tensor > 1
         # Pinned: whole tensor-parallel groups per node; else one rank at a time.
         unit = tensor if pin else 1
-        everyone = self.views.all_gpu_pods()
-        full = Pool.from_objects(self.views.all_nodes(), everyone, spec)
-        free = placement.free_by_node(full, everyone, spec.gpu.resource_name)
-        self._subtract_reserved(free, everyone)
+        # Where GPUs are free, looked at only when something is to be placed (most reconciles
+        # place nothing).
+        free_now: list[placement.FreeGpus] = []
+
+        def free() -> placement.FreeGpus:
+            if not free_now:
+                counts = self.views.live.free_by_node(spec)
+                self._subtract_reserved(counts)
+                free_now.append(placement.FreeGpus(counts))
+            return free_now[0]
+
         groups: dict[int, dict[int, str]] = {}
 
         def fits(replicas: int, replica: int) -> bool:
             wanted = spec.model_copy(update={"replicas": replicas})
             if not plan(wanted, pool).schedulable_now:
                 return False
-            chosen = placement.place_groups(range(world_size // unit), unit, free)
+            chosen = placement.place_groups(range(world_size // unit), unit, free())
             if chosen is None:
                 return False
             groups[replica] = chosen
@@ -413,7 +435,7 @@ class Reconciler:
                 else {}
             )
             missing = sorted({rank // unit for rank in only} - set(known))
-            extra = placement.place_groups(missing, unit, free) or {}
+            extra = (placement.place_groups(missing, unit, free()) if missing else None) or {}
             groups[replica] = {**known, **extra}
         by_rank = {
             replica: {
@@ -426,10 +448,10 @@ class Reconciler:
         self._reserve(key, decision, by_rank, spec)
         return decision, by_rank
 
-    def _subtract_reserved(self, free: dict[str, int], pods: list[dict[str, Any]]) -> None:
+    def _subtract_reserved(self, free: dict[str, int]) -> None:
         """Ranks placed by a reconcile whose pods the watch has not shown yet still hold GPUs:
         without this, two deployments reconciled at once could be placed on the same GPUs."""
-        seen = {(p["metadata"].get("namespace"), p["metadata"].get("name")) for p in pods}
+        seen = self.views.live
         now = time.monotonic()
         for pod, (expires, node) in list(self._reserved.items()):
             if pod in seen or expires < now:

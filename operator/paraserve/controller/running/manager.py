@@ -22,15 +22,19 @@ from paraserve.controller.api_writes import NotLeader
 from paraserve.controller.reconciling.gang import MAX_EXPONENT
 from paraserve.controller.reconciling import architecture_source
 from paraserve.controller.reconciling.reconcile import CONFLICT_RETRY, Key, Reconciler, Views
+from paraserve.controller.running import loop_lag
 from paraserve.controller.running.cluster_io import ApiError
 from paraserve.controller.running.operator_metrics import OperatorMetrics
 from paraserve.controller.running.workqueue import WorkQueue
 
 logger = logging.getLogger("paraserve.controller")
 
-#: Phases that never change because of the pool alone; everything else is looked at again
-#: whenever GPUs or nodes change (a waiting deployment starts by itself).
-_SETTLED: Final = (Phase.READY.value, Phase.RUNNING.value)
+#: Phases that never change because of the pool alone (Scheduling: every replica is created,
+#: its own pods' events wake it); everything else is looked at again whenever GPUs or nodes
+#: change (a waiting deployment starts by itself).
+_SETTLED: Final = (Phase.READY.value, Phase.RUNNING.value, Phase.SCHEDULING.value)
+#: GPU and node events come in bursts (thousands while gangs start): one look per burst.
+POKE_DELAY: Final = 0.2
 
 #: Retries of a failing reconcile: 0.5 s doubling up to a minute.
 RETRY_BASE: Final = 0.5
@@ -55,10 +59,11 @@ class Manager:
         self.metrics = metrics
         # False once leadership is lost: no reconcile starts any more.
         self.acting = acting
-        self.queue: WorkQueue[Key] = WorkQueue()
+        self.queue: WorkQueue[Key] = WorkQueue(observe_wait=metrics.queue_wait_seconds.observe)
         #: Deployments kopf has shown us through a watch handler (see the module's docstring).
         self.seen: set[Key] = set()
         self.listed_after: float | None = None
+        self._poke: asyncio.TimerHandle | None = None
         self._failures: dict[Key, int] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,11 +94,22 @@ class Manager:
         self.metrics.queue_depth.set(len(self.queue))
 
     def poke_unsettled(self) -> None:
-        """GPUs or nodes changed: look again at every deployment that is not running."""
+        """GPUs or nodes changed: look again, once per burst, at every deployment that waits."""
         if self._off_loop():
             self._hand_off(self.poke_unsettled)
             return
         self._note_listed()
+        if self._poke is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on the event loop: at once
+            self._look_at_unsettled()
+            return
+        self._poke = loop.call_later(POKE_DELAY, self._look_at_unsettled)
+
+    def _look_at_unsettled(self) -> None:
+        self._poke = None
         for key in sorted(self.seen):
             body = self.views.deployment(key) or {}
             if (body.get("status") or {}).get("phase") not in _SETTLED:
@@ -136,9 +152,13 @@ class Manager:
         for number in range(workers):
             self._spawn(f"reconcile-{number}", self._work)
         self._spawn("resync", self._resync)
+        self._spawn("loop-lag", lambda: loop_lag.sample(self.metrics.observe_loop_lag))
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._poke is not None:
+            self._poke.cancel()
+            self._poke = None
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

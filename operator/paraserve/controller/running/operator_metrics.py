@@ -10,6 +10,7 @@ class OperatorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._loop_lag_max = 0.0
         self.reconciles = Counter(
             "paraserve_operator_reconciles_total",
             "Reconciles of InferenceDeployments, by result.",
@@ -49,11 +50,36 @@ class OperatorMetrics:
             "Deployments waiting to be reconciled.",
             registry=self.registry,
         )
+        self.queue_wait_seconds = Histogram(
+            "paraserve_operator_queue_wait_seconds",
+            "From a watch event (or a requested retry) queueing a deployment to a worker"
+            " starting its reconcile.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.loop_lag_seconds = Histogram(
+            "paraserve_operator_event_loop_lag_seconds",
+            "How late a timer of the event loop fired (sampled every 0.1 s): how long"
+            " something held the loop.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.loop_lag_max_seconds = Gauge(
+            "paraserve_operator_event_loop_lag_max_seconds",
+            "The worst event-loop lag sampled since the process started.",
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "paraserve_operator_leader",
             "1 while this process holds the leader lease.",
             registry=self.registry,
         )
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.loop_lag_seconds.observe(seconds)
+        if seconds > self._loop_lag_max:
+            self._loop_lag_max = seconds
+            self.loop_lag_max_seconds.set(seconds)
 
     def observe_call(self, verb: str, resource: str, status: int) -> None:
         self.api_calls.labels(verb=verb, resource=resource, code=str(status)).inc()

@@ -199,16 +199,26 @@ def register(registry: kopf.OperatorRegistry, manager: Manager) -> None:
         manager.deployment_event(key, deleted=kwargs.get("type") == "DELETED")
 
     @kopf.on.event("v1", "pods", id="pod-changed", registry=registry)
-    async def pod_changed(body: kopf.Body, **_: Any) -> None:
+    async def pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
         key = _owner_key(body)
         if key is not None:
             manager.enqueue(key)
         if _requests_accelerators(body.get("spec") or {}):
-            manager.poke_unsettled()
+            live = manager.views.live
+            view = gpu_pod_view(body) if type != "DELETED" else None
+            if view is not None:
+                changed = live.put_pod(view)
+            else:
+                changed = live.remove_pod(str(body.metadata.namespace), str(body.metadata.name))
+            if changed:
+                manager.poke_unsettled()
 
     @kopf.on.event("v1", "nodes", id="node-changed", registry=registry)
-    async def node_changed(**_: Any) -> None:
-        manager.poke_unsettled()
+    async def node_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+        live = manager.views.live
+        name = str(body.metadata.name)
+        if live.remove_node(name) if type == "DELETED" else live.put_node(node_view(body)):
+            manager.poke_unsettled()
 
     @kopf.on.startup(id="start-workers", registry=registry)
     async def start_workers(**kwargs: Any) -> None:

@@ -8,15 +8,19 @@ afterwards, so no change is lost and no deployment is reconciled twice at the sa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self) -> None:
+    def __init__(self, observe_wait: Callable[[float], None] | None = None) -> None:
         self._queue: asyncio.Queue[K] = asyncio.Queue()
+        # Seconds from a key's queueing to a worker taking it.
+        self._observe_wait = observe_wait or (lambda seconds: None)
+        self._since: dict[K, float] = {}
         self._queued: set[K] = set()
         self._processing: set[K] = set()
         self._dirty: set[K] = set()
@@ -30,6 +34,7 @@ class WorkQueue(Generic[K]):
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
+            self._since[key] = time.monotonic()
             self._queue.put_nowait(key)
 
     def add_after(self, key: K, delay: float) -> None:
@@ -50,6 +55,9 @@ class WorkQueue(Generic[K]):
     async def get(self) -> K:
         key = await self._queue.get()
         self._queued.discard(key)
+        since = self._since.pop(key, None)
+        if since is not None:
+            self._observe_wait(time.monotonic() - since)
         self._processing.add(key)
         return key
 

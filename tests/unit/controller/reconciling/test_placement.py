@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from paraserve.api import InferenceDeploymentSpec
 from paraserve.controller.reconciling import owned_objects, placement
 from paraserve.planner import Pool
@@ -77,4 +80,40 @@ def test_pinned_pods_carry_node_affinity_and_the_annotation():
     assert term["nodeSelectorTerms"][0]["matchFields"] == [
         {"key": "metadata.name", "operator": "In", "values": ["a"]}
     ]
-    assert "podAffinity" in pods[0]["spec"]["affinity"]  # the group affinity stays
+    # A pinned group needs no pod affinity (all its members go to one node); a group the
+    # operator could not place keeps it, so the scheduler still keeps it within a node.
+    assert "podAffinity" not in pods[0]["spec"]["affinity"]
+    assert set(pods[4]["spec"]["affinity"]) == {"podAffinity"}
+
+
+def best_fit_by_scanning(groups: list[int], tensor: int, free: dict[str, int]) -> Any:
+    """Best fit as first written: every node looked at for every group."""
+    trial = dict(free)
+    chosen: dict[int, str] = {}
+    for group in groups:
+        candidates = [(count, name) for name, count in trial.items() if count >= tensor]
+        if not candidates:
+            return None, free
+        _, node = min(candidates)
+        trial[node] -= tensor
+        chosen[group] = node
+    return chosen, trial
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 9), max_size=8),
+    st.integers(1, 4),
+    st.lists(st.integers(1, 6), min_size=1, max_size=5),
+)
+def test_bucketed_best_fit_places_as_scanning_every_node(
+    free: dict[str, int], tensor: int, asks: list[int]
+):
+    """Several placements in a row on the same free GPUs, as one reconcile makes them."""
+    counts = dict(free)
+    gpus = placement.FreeGpus(counts)
+    reference = dict(free)
+    for groups in asks:
+        expected, reference = best_fit_by_scanning(list(range(groups)), tensor, reference)
+        assert placement.place_groups(range(groups), tensor, gpus) == expected
+        assert counts == reference
