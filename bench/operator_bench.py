@@ -1,6 +1,6 @@
 """Time from create to all rank pods created and to all Running: the operator vs the baselines.
 
-Run: .venv/bin/python bench/operator_bench.py [--sizes 8 64 256] [--nodes 64]
+Run: .venv/bin/python bench/operator_bench.py [--sizes 8 64 256] [--nodes 64] [--no-loose]
 
 On the local control plane (started here) with a kwok pool of 64 nodes × 8 GPUs, for each
 world size it creates, in turn and alone on the pool:
@@ -8,6 +8,8 @@ world size it creates, in turn and alone on the pool:
 * an InferenceDeployment (PP = size/8 × TP = 8, one replica) served by `paraserve operator`,
   once with its TP groups kept within a node (required pod affinity, the default) and once
   without, to tell the scheduler's affinity cost from the operator's own;
+* a bare client creating `size` one-GPU pods at once (64 concurrent requests): what the API
+  server itself allows, the floor for any controller;
 * a StatefulSet with podManagementPolicy Parallel and `size` replicas of one GPU each;
 * an Indexed Job with `size` completions, all in parallel, one GPU each;
 
@@ -155,8 +157,49 @@ def indexed_job(name: str, size: int, selector: dict[str, str]) -> dict[str, Any
     }
 
 
+BARE_CONCURRENCY = 64
+
+
+def bare_pod(name: str, index: int, selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-{index}", "labels": {"bench": name}},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": selector,
+            "containers": [gpu_container("rank")],
+        },
+    }
+
+
+def create_bare(cluster: LocalCluster, namespace: str, name: str, size: int, selector: Any) -> None:
+    """`size` pods, BARE_CONCURRENCY create requests in flight at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
+    configuration.connection_pool_maxsize = BARE_CONCURRENCY
+    api = client.CoreV1Api(client.ApiClient(configuration))
+    bodies = [bare_pod(name, i, selector) for i in range(size)]
+    with ThreadPoolExecutor(BARE_CONCURRENCY) as pool:
+        list(
+            pool.map(
+                lambda body: api.create_namespaced_pod(namespace, body, _preload_content=False),
+                bodies,
+            )
+        )
+
+
 def measure(
-    cluster: LocalCluster, namespace: str, kind: str, body: dict[str, Any], size: int
+    cluster: LocalCluster,
+    namespace: str,
+    kind: str,
+    body: dict[str, Any],
+    size: int,
+    selector: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     clock = PodClock()
     stop = threading.Event()
@@ -164,13 +207,20 @@ def measure(
     watcher.start()
     time.sleep(1.0)  # the watch is established before the clock starts
     clock.started = time.monotonic()
+    name = body["metadata"]["name"]
     try:
-        cluster.apply(body, namespace=namespace)
-        cluster.wait_for(lambda: clock.done(size), timeout=600, interval=0.1, what=kind)
+        if kind == "pod":
+            create_bare(cluster, namespace, name, size, selector)
+        else:
+            cluster.apply(body, namespace=namespace)
+        cluster.wait_for(lambda: clock.done(size), timeout=900, interval=0.1, what=kind)
         return clock.result(size)
     finally:
         stop.set()
-        cluster.kubectl("delete", kind, body["metadata"]["name"], "-n", namespace, "--wait=true")
+        if kind == "pod":
+            cluster.kubectl("delete", "pods", "-l", f"bench={name}", "-n", namespace, "--wait=true")
+        else:
+            cluster.kubectl("delete", kind, name, "-n", namespace, "--wait=true")
         cluster.wait_for(
             lambda: not cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout,
             timeout=300,
@@ -207,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 64, 256])
     parser.add_argument("--nodes", type=int, default=64)
+    parser.add_argument(
+        "--no-loose", action="store_true", help="skip the InferenceDeployment without affinity"
+    )
     args = parser.parse_args(argv)
     if any(size % 8 or size > args.nodes * 8 for size in args.sizes):
         parser.error("each size must be a multiple of 8 and fit the pool")
@@ -225,22 +278,28 @@ def main(argv: list[str] | None = None) -> int:
             # caches and code paths warm before anything is timed.
             for kind, body in (
                 ("inferencedeployment", inference_deployment("warm-up", 8, pool.node_selector)),
+                ("pod", {"metadata": {"name": "warm-up"}}),
                 ("statefulset", stateful_set("warm-up", 8, pool.node_selector)),
                 ("job", indexed_job("warm-up", 8, pool.node_selector)),
             ):
-                measure(cluster, namespace, kind, body, 8)
+                measure(cluster, namespace, kind, body, 8, selector=pool.node_selector)
             for size in args.sizes:
                 selector = pool.node_selector
                 loose = inference_deployment(f"loose-{size}", size, selector, within_node=False)
                 cases = [
                     ("inferencedeployment", inference_deployment(f"infd-{size}", size, selector)),
                     ("inferencedeployment/loose", loose),
+                    ("pod", {"metadata": {"name": f"bare-{size}"}}),
                     ("statefulset", stateful_set(f"sts-{size}", size, selector)),
                     ("job", indexed_job(f"job-{size}", size, selector)),
                 ]
+                if args.no_loose:
+                    del cases[1]
                 for kind, body in cases:
                     resource = kind.split("/")[0]
-                    created, running = measure(cluster, namespace, resource, body, size)
+                    created, running = measure(
+                        cluster, namespace, resource, body, size, selector=selector
+                    )
                     rows.append((size, kind, created, running))
                     print(f"{kind:>20} {size:>4} pods: created {created:6.2f} s, "
                           f"running {running:6.2f} s", file=sys.stderr, flush=True)  # fmt: skip
@@ -249,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     names = {
         "inferencedeployment": "InferenceDeployment",
         "inferencedeployment/loose": "InferenceDeployment, no affinity",
+        "pod": "bare client (64 concurrent creates)",
         "statefulset": "StatefulSet (Parallel)",
         "job": "Indexed Job",
     }
@@ -259,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         ours = {k: (c, r) for s, k, c, r in rows if s == size}
         for mine in ("inferencedeployment", "inferencedeployment/loose"):
-            for kind in ("statefulset", "job"):
+            if mine not in ours:
+                continue
+            for kind in ("pod", "statefulset", "job"):
                 created = ours[mine][0] / ours[kind][0]
                 running = ours[mine][1] / ours[kind][1]
                 print(
