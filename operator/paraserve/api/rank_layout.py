@@ -7,6 +7,7 @@ the worker all place ranks and layers with these functions (docs/design.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from paraserve.api.plan_report import Stage
 from paraserve.api.spec import Parallelism
@@ -39,17 +40,23 @@ def rank_of(pp_rank: int, tp_rank: int, tensor: int) -> int:
 
 def ranks(parallelism: Parallelism) -> tuple[Rank, ...]:
     """Every rank of one replica in rank order."""
-    sequence_parallel = parallelism.sequence > 1
+    return _ranks(parallelism.pipeline, parallelism.tensor, parallelism.sequence > 1)
+
+
+# Pure and asked once per rank when a replica's pods are rendered: remembered, or a 1,024-rank
+# replica would build its 1,024 ranks 1,024 times.
+@lru_cache(maxsize=256)
+def _ranks(pipeline: int, tensor: int, sequence_parallel: bool) -> tuple[Rank, ...]:
     return tuple(
         Rank(
-            rank=rank_of(pp, tp, parallelism.tensor),
+            rank=rank_of(pp, tp, tensor),
             pp_rank=pp,
             tp_rank=tp,
             sp_rank=tp if sequence_parallel else 0,
             ep_rank=ep_rank_of(tp, parallelism),
         )
-        for pp in range(parallelism.pipeline)
-        for tp in range(parallelism.tensor)
+        for pp in range(pipeline)
+        for tp in range(tensor)
     )
 
 
@@ -75,6 +82,7 @@ def stage_layer_counts(num_layers: int, pipeline: int) -> tuple[int, ...]:
     return tuple(base + (1 if stage < extra else 0) for stage in range(pipeline))
 
 
+@lru_cache(maxsize=256)  # pure, and asked once per rank too
 def stage_layers(num_layers: int, pipeline: int) -> tuple[tuple[int, int], ...]:
     """Half-open [start, end) layer range of every stage; together they partition the model."""
     ranges = []

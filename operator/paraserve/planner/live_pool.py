@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from paraserve.api import InferenceDeploymentSpec, Toleration
@@ -66,11 +66,47 @@ class _View:
     """The pool of one (resource, selector, tolerations): its nodes in node order."""
 
     resource: str
+    selector: Mapping[str, str]
+    tolerations: list[Toleration]
     name: str
     members: list[PoolNode]
     index: dict[str, int]
     excluded: Exclusions
     cached: Pool | None = None
+
+    def update(
+        self,
+        name: str,
+        old: Mapping[str, Any] | None,
+        new: Mapping[str, Any] | None,
+        used: Mapping[str, int],
+    ) -> bool:
+        """Take a node's change in; False when the view must be built again (a member came
+        or went in the middle of the node order)."""
+        before = self._member(old) if old is not None else None
+        after = self._member(new) if new is not None else None
+        position = self.index.get(name)
+        if isinstance(after, tuple):
+            if position is not None:  # stays in: its GPUs or memory changed
+                self.members[position] = _pool_node(after, used)
+            elif old is None:  # a new node: the last in node order
+                self.index[name] = len(self.members)
+                self.members.append(_pool_node(after, used))
+            else:
+                return False
+        elif position is not None:
+            return False
+        counts = {f.name: getattr(self.excluded, f.name) for f in fields(Exclusions)}
+        if isinstance(before, str):
+            counts[before] -= 1
+        if isinstance(after, str):
+            counts[after] += 1
+        self.excluded = Exclusions(**counts)
+        self.cached = None
+        return True
+
+    def _member(self, node: Mapping[str, Any]) -> tuple[str, int, int | None] | str:
+        return pool_member(node, self.resource, self.selector, self.tolerations)
 
 
 class LivePool:
@@ -92,16 +128,22 @@ class LivePool:
         """A node was added or changed; whether anything the pool reads changed (a heartbeat
         changes nothing and costs nothing)."""
         name = str((node.get("metadata") or {}).get("name", ""))
-        if self._nodes.get(name) == node:
+        old = self._nodes.get(name)
+        if old == node:
             return False
         self._nodes[name] = node
-        self._views.clear()  # membership or capacity may have changed: looked at again on use
+        for key, view in list(self._views.items()):
+            if not view.update(name, old, node, self._used[view.resource]):
+                del self._views[key]  # its order changed: built again when next asked for
         return True
 
     def remove_node(self, name: str) -> bool:
-        if self._nodes.pop(name, None) is None:
+        old = self._nodes.pop(name, None)
+        if old is None:
             return False
-        self._views.clear()
+        for key, view in list(self._views.items()):
+            if not view.update(name, old, None, self._used[view.resource]):
+                del self._views[key]
         return True
 
     def put_pod(self, pod: Mapping[str, Any]) -> bool:
@@ -213,6 +255,8 @@ class LivePool:
             )
         return _View(
             resource=resource,
+            selector=dict(selector),
+            tolerations=list(tolerations),
             name=pool_name(selector),
             members=members,
             index={member.name: position for position, member in enumerate(members)},
@@ -266,6 +310,16 @@ class LivePool:
                 if count:
                     own[record.node] = own.get(record.node, 0) + count
         return own
+
+
+def _pool_node(member: tuple[str, int, int | None], used: Mapping[str, int]) -> PoolNode:
+    name, allocatable, memory = member
+    return PoolNode(
+        name=name,
+        allocatable=allocatable,
+        free=max(0, allocatable - used.get(name, 0)),
+        gpu_memory_bytes=memory,
+    )
 
 
 def _add(
