@@ -168,7 +168,8 @@ def bare_pod(name: str, index: int, selector: dict[str, str]) -> dict[str, Any]:
         "spec": {
             "restartPolicy": "Never",
             "nodeSelector": selector,
-            "containers": [gpu_container("rank")],
+            # The client's models want quantities as strings.
+            "containers": [{**gpu_container("rank"), "resources": {"limits": {GPU: "1"}}}],
         },
     }
 
