@@ -167,3 +167,26 @@ def test_heartbeats_keep_the_pools_built():
         }
     )
     assert live.pool(SPECS[0]).free == 5 and len(live) == 1
+
+
+def test_a_snapshot_replaces_what_was_there():
+    live = LivePool()
+    nodes = [
+        {"metadata": {"name": n}, "spec": {}, "status": {"allocatable": {"nvidia.com/gpu": "8"}}}
+        for n in ("n0", "n1")
+    ]
+    pods = [
+        {
+            "metadata": {"name": p, "namespace": "a"},
+            "spec": {"nodeName": "n0", "containers": [container(2, "nvidia.com/gpu", True)]},
+            "status": {"phase": "Running"},
+        }
+        for p in ("p0", "p1")
+    ]
+    live.set_nodes(nodes)
+    live.set_pods(pods)
+    assert live.pool(SPECS[0]).free == 12
+    live.set_pods(pods[:1])  # p1 is gone
+    live.set_nodes(nodes[1:])  # and so is n0, with p0 on it
+    assert live.pool(SPECS[0]) == Pool.from_objects(nodes[1:], pods[:1], SPECS[0])
+    assert len(live) == 1 and ("a", "p1") not in live

@@ -173,6 +173,25 @@ class LivePool:
         self._disown(key, old)
         return True
 
+    def set_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
+        """The nodes are exactly these now (a snapshot, as a list or an index gives it)."""
+        given = {str((n.get("metadata") or {}).get("name", "")): n for n in nodes}
+        for name in [name for name in self._nodes if name not in given]:
+            self.remove_node(name)
+        for node in given.values():
+            self.put_node(node)
+
+    def set_pods(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """The GPU pods are exactly these now."""
+        given = {}
+        for pod in pods:
+            metadata = pod.get("metadata") or {}
+            given[(str(metadata.get("namespace", "")), str(metadata.get("name", "")))] = pod
+        for key in [key for key in self._pods if key not in given]:
+            self.remove_pod(*key)
+        for pod in given.values():
+            self.put_pod(pod)
+
     # -- what a reconcile asks ----------------------------------------------------------------
 
     def pool(self, spec: InferenceDeploymentSpec, *, without: Owner | None = None) -> Pool:

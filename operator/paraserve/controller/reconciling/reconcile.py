@@ -124,11 +124,10 @@ class Views:
 
     @nodes.setter
     def nodes(self, index: Mapping[Any, Iterable[Any]]) -> None:
-        """An index of node views; what it holds now is also told to `live` (the watch tells
-        it the rest)."""
+        """An index of node views: `live` is set to what it holds now (the watch tells it the
+        rest)."""
         self._nodes = index
-        for node in index.get(ALL, ()):
-            self.live.put_node(node)
+        self.live.set_nodes(index.get(ALL, ()))
 
     @property
     def gpu_pods(self) -> Mapping[Any, Iterable[Any]]:
@@ -137,8 +136,7 @@ class Views:
     @gpu_pods.setter
     def gpu_pods(self, index: Mapping[Any, Iterable[Any]]) -> None:
         self._gpu_pods = index
-        for pod in index.get(ALL, ()):
-            self.live.put_pod(pod)
+        self.live.set_pods(index.get(ALL, ()))
 
     def deployment(self, key: Key) -> dict[str, Any] | None:
         store = self.deployments.get(key)
