@@ -19,7 +19,9 @@ def manager_with(phases: dict[str, str | None]) -> Manager:
         for name, phase in phases.items()
     }
     metrics = OperatorMetrics()
-    return Manager(Reconciler(None, views, ControllerSettings(), metrics), metrics)  # type: ignore[arg-type]
+    manager = Manager(Reconciler(None, views, ControllerSettings(), metrics), metrics)  # type: ignore[arg-type]
+    manager.seen.update(views.deployments)  # kopf has shown every one of them
+    return manager
 
 
 def queued(manager: Manager) -> set[Any]:
