@@ -384,6 +384,7 @@ class Reconciler:
         pin = spec.placement.tensor_parallel_within_node and tensor > 1
         # Pinned: whole tensor-parallel groups per node; else one rank at a time.
         unit = tensor if pin else 1
+        self._forget_seen_reservations()
         # Where GPUs are free, looked at only when something is to be placed (most reconciles
         # place nothing).
         free_now: list[placement.FreeGpus] = []
@@ -446,15 +447,21 @@ class Reconciler:
         self._reserve(key, decision, by_rank, spec)
         return decision, by_rank
 
+    def _forget_seen_reservations(self) -> None:
+        """A placed rank the watch has shown holds its GPU in the live pool: its reservation
+        goes (in every reconcile, before the pod could be deleted and its name placed again)."""
+        seen = self.views.live
+        now = time.monotonic()
+        for pod, (expires, _) in list(self._reserved.items()):
+            if pod in seen or expires < now:
+                del self._reserved[pod]
+
     def _subtract_reserved(self, free: dict[str, int]) -> None:
         """Ranks placed by a reconcile whose pods the watch has not shown yet still hold GPUs:
         without this, two deployments reconciled at once could be placed on the same GPUs."""
-        seen = self.views.live
-        now = time.monotonic()
-        for pod, (expires, node) in list(self._reserved.items()):
-            if pod in seen or expires < now:
-                del self._reserved[pod]
-            elif node in free:
+        self._forget_seen_reservations()
+        for _, node in self._reserved.values():
+            if node in free:
                 free[node] = max(0, free[node] - 1)
 
     def _reserve(
