@@ -66,6 +66,9 @@ CONFLICT_RETRY: Final = 1.0
 # How long a placement holds its GPUs while the watch has not shown the pod (it normally does
 # within milliseconds; a pod never created releases them after this).
 RESERVATION_SECONDS: Final = 30.0
+# A pod this process created is not created again while the watch has not shown it yet
+# (it normally does within a second; a pod deleted before being shown is recreated after this).
+EXPECT_SECONDS: Final = 15.0
 # Status writes that only count ranks (no phase, generation or condition change) are spaced.
 PROGRESS_WRITE_INTERVAL: Final = 1.0
 # A namespace seen terminating is left alone this long before it is looked at again.
@@ -221,6 +224,9 @@ class Reconciler:
         self.clock = clock
         self.writes = writes or DeploymentWrites(cluster, views.deployment)
         self._last_write: dict[Key, float] = {}
+        # deployment → pod → expiry: pods created, not yet shown by the watch.
+        self._created: dict[Key, dict[str, float]] = {}
+        self._look_again: dict[Key, float] = {}
         # (namespace, pod) → (expiry, node): placed ranks not yet seen by the watch.
         self._reserved: dict[tuple[str, str], tuple[float, str]] = {}
         # namespace → when it was seen being deleted
@@ -241,6 +247,7 @@ class Reconciler:
         if body is None:
             self._last_write.pop(key, None)
             self.writes.forget([key])
+            self._created.pop(key, None)
             return None
         metadata = body.get("metadata", {})
         if metadata.get("deletionTimestamp"):
@@ -256,6 +263,7 @@ class Reconciler:
         uid = str(metadata.get("uid", ""))
         # Pods left by a deleted deployment of the same name wait for the garbage collector.
         pods = [p for p in self.views.ranks_of(key) if p.owner_uid in ("", uid)]
+        self._forget_shown_creations(key, pods)
         unreadable: str | None = None
         try:
             state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
@@ -311,6 +319,9 @@ class Reconciler:
         requeue = decision.requeue_after if decision is not None else None
         if taken is not None:
             requeue = min(requeue, NAME_TAKEN_RETRY) if requeue is not None else NAME_TAKEN_RETRY
+        expected = self._look_again.pop(key, None)
+        if expected is not None:
+            requeue = expected if requeue is None else min(requeue, expected)
         if patch and is_progress_only(status, patch):
             # Ranks becoming ready one by one: at most one such write per interval per deployment.
             wait = self._last_write.get(key, -1e9) + PROGRESS_WRITE_INTERVAL - time.monotonic()
@@ -447,6 +458,18 @@ class Reconciler:
         self._reserve(key, decision, by_rank, spec)
         return decision, by_rank
 
+    def _forget_shown_creations(self, key: Key, pods: list[RankPod]) -> None:
+        """Pods the watch shows (or that were never shown in time) are no longer expected: a
+        rank deleted after being shown is created again at once."""
+        pending = self._created.get(key)
+        if not pending:
+            return
+        shown = {p.name for p in pods}
+        now = time.monotonic()
+        for name, expires in list(pending.items()):
+            if name in shown or expires < now:
+                del pending[name]
+
     def _forget_seen_reservations(self) -> None:
         """A placed rank the watch has shown holds its GPU in the live pool: its reservation
         goes (in every reconcile, before the pod could be deleted and its name placed again)."""
@@ -542,10 +565,23 @@ class Reconciler:
                     counted_on=None if pin else nodes.get(replica),
                 )
             ]
+            # A reconcile that ran while the watch had not shown all of an earlier one's pods
+            # would post them again (and get 409s, doubling the load while a gang starts).
+            pending = self._created.setdefault(key, {})
+            now = time.monotonic()
+            waiting = [
+                pending[n] for m in manifests if pending.get(n := m["metadata"]["name"], 0.0) >= now
+            ]
+            if waiting:  # look again when they are due, in case they were never shown
+                self._look_again[key] = min(waiting) - now + 0.1
+            manifests = [m for m in manifests if pending.get(m["metadata"]["name"], 0.0) < now]
             try:
                 created = await self.cluster.create_all(manifests)
             except NameTaken as error:
                 return resource_version or "", error.message
+            expires = time.monotonic() + EXPECT_SECONDS
+            for manifest in manifests:
+                pending[manifest["metadata"]["name"]] = expires
             self.metrics.pods_created.inc(sum(created))
             logger.info(
                 "%s/%s: created %d of %d pods (the rest existed already)",
