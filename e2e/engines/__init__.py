@@ -1,0 +1,1 @@
+"""Real inference engines for the tests: their cached installs and a tiny locally made model."""
