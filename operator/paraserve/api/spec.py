@@ -62,6 +62,96 @@ class ArchitectureSource(SpecModel):
     )
 
 
+class SecretKeySelector(SpecModel):
+    """One key of a Secret in the deployment's namespace (core/v1 SecretKeySelector)."""
+
+    name: str = Field(min_length=1, description="Secret name.")
+    key: str = Field("token", min_length=1, description="Key in the Secret. Default: token.")
+
+
+class PersistentVolumeClaimSource(SpecModel):
+    """Weights already on a PersistentVolumeClaim, mounted read-only into every rank."""
+
+    claim_name: str = Field(min_length=1, description="Claim in the deployment's namespace.")
+    path: str = Field(
+        "",
+        description="Directory of the model inside the claim (relative, no '..'). Default: its"
+        " root.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",
+                    "message": "path is relative to the claim and has no '..'",
+                }
+            ]
+        },
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, path: str) -> str:
+        if path.startswith("/") or ".." in path.split("/"):
+            raise ValueError(f"path {path!r} is relative to the claim and has no '..'")
+        return path.strip("/")
+
+
+class CacheVolume(SpecModel):
+    """Where a rank keeps the weights it downloads."""
+
+    claim_name: str | None = Field(
+        None,
+        min_length=1,
+        description="A PersistentVolumeClaim shared by the ranks (ReadWriteMany for more than"
+        " one node). Default: an emptyDir per pod, so every rank downloads.",
+    )
+    size_limit: Bytes | None = Field(None, description="Size limit of the emptyDir.")
+
+
+class HuggingFaceSource(SpecModel):
+    """Weights downloaded by each rank from the Hugging Face Hub."""
+
+    id: str | None = Field(None, min_length=1, description="Repository id. Default: model.name.")
+    revision: str | None = Field(None, min_length=1, description="Branch, tag or commit.")
+    token_secret: SecretKeySelector | None = Field(
+        None, description="Secret key holding an access token (set as HF_TOKEN)."
+    )
+    cache: CacheVolume | None = Field(
+        None, description="Download cache (HF_HOME). Default: an emptyDir per pod."
+    )
+
+
+class ModelSource(SpecModel):
+    """Where the engines read the weights: exactly one of the sources."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.persistentVolumeClaim) != has(self.huggingFace)",
+                    "message": "give exactly one of model.source.persistentVolumeClaim and"
+                    " model.source.huggingFace",
+                }
+            ]
+        }
+    )
+
+    persistent_volume_claim: PersistentVolumeClaimSource | None = Field(
+        None, description="Weights on a PersistentVolumeClaim."
+    )
+    hugging_face: HuggingFaceSource | None = Field(
+        None, description="Weights from the Hugging Face Hub."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        if (self.persistent_volume_claim is None) == (self.hugging_face is None):
+            raise ValueError(
+                "give exactly one of model.source.persistentVolumeClaim and"
+                " model.source.huggingFace"
+            )
+        return self
+
+
 class ModelSpec(SpecModel):
     """The model served, its numeric types and its size."""
 
@@ -107,6 +197,11 @@ class ModelSpec(SpecModel):
     parameters: ParameterCount | None = Field(
         None,
         description="Parameter count for coarse mode: 7B, 8.03B, 70e9, 405B or an integer.",
+    )
+    source: ModelSource | None = Field(
+        None,
+        description="Where the vllm and sglang engines read the weights. Default: the engine"
+        " downloads model.name itself, into the pod.",
     )
 
     @model_validator(mode="after")
@@ -342,6 +437,57 @@ class WorkerSpec(SpecModel):
         return env
 
 
+class EngineName(enum.StrEnum):
+    """What runs in each rank container."""
+
+    PARASERVE = "paraserve"  # the reference worker
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    CUSTOM = "custom"  # the worker's own command with the rank environment
+
+
+#: The engines whose command the operator renders from the plan.
+RENDERED_ENGINES = frozenset({EngineName.VLLM, EngineName.SGLANG})
+
+#: The OpenAI-compatible HTTP port each rendered engine listens on by default.
+DEFAULT_ENGINE_PORTS = {EngineName.VLLM: 8000, EngineName.SGLANG: 30000}
+
+
+class EngineSpec(SpecModel):
+    """The inference engine of every rank; for vllm and sglang the operator writes the command."""
+
+    name: EngineName = Field(
+        EngineName.PARASERVE,
+        description="paraserve (the reference worker), vllm, sglang, or custom (worker.command"
+        " with the rank environment).",
+    )
+    args: list[str] = Field(
+        default_factory=list,
+        description="Extra arguments of vllm or sglang, after the rendered ones; an argument the"
+        " plan already sets (parallel sizes, nodes, ranks, addresses, serving limits) is"
+        " refused.",
+    )
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="HTTP port of the head's OpenAI-compatible API and /metrics. Default: 8000"
+        " (vllm), 30000 (sglang).",
+    )
+
+    @property
+    def rendered(self) -> bool:
+        """The operator renders this engine's command from the plan."""
+        return self.name in RENDERED_ENGINES
+
+    @property
+    def api_port(self) -> int | None:
+        """The head's HTTP port; None for the engines whose command is not rendered."""
+        if self.port is not None:
+            return self.port
+        return DEFAULT_ENGINE_PORTS.get(self.name)
+
+
 class MetricsProfile(enum.StrEnum):
     """Which metric names the ranks expose."""
 
@@ -416,6 +562,11 @@ class InferenceDeploymentSpec(SpecModel):
         json_schema_extra=_defaulted(WorkerSpec),
         description="The rank container.",
     )
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec,
+        json_schema_extra=_defaulted(EngineSpec),
+        description="The inference engine each rank runs.",
+    )
     metrics: MetricsSpec = Field(
         default_factory=MetricsSpec,
         json_schema_extra=_defaulted(MetricsSpec),
@@ -426,6 +577,24 @@ class InferenceDeploymentSpec(SpecModel):
         json_schema_extra=_defaulted(SloSpec),
         description="Latency and throughput targets.",
     )
+
+    @model_validator(mode="after")
+    def _engine_owns_the_command(self) -> InferenceDeploymentSpec:
+        engine = self.engine
+        if engine.rendered and (self.worker.command or self.worker.args):
+            raise ValueError(
+                f"engine.name {engine.name.value} renders the rank command from the plan:"
+                " leave worker.command and worker.args out and put extra engine arguments in"
+                " engine.args"
+            )
+        if not engine.rendered and (engine.args or engine.port is not None):
+            raise ValueError(
+                f"engine.args and engine.port apply to vllm and sglang, not"
+                f" {engine.name.value}: use worker.command and worker.args"
+            )
+        if engine.name is EngineName.CUSTOM and not self.worker.command:
+            raise ValueError("engine.name custom runs worker.command: give it")
+        return self
 
     @property
     def gpus_required(self) -> int:
