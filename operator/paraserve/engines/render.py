@@ -1,0 +1,69 @@
+"""One entry point over the engines: a rank's command, and what the spec asks that they refuse."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from paraserve.api import Check, EngineName, InferenceDeploymentSpec
+from paraserve.engines import sglang, vllm
+from paraserve.engines.codes import (
+    ENGINE_ARGUMENT_CONFLICT,
+    ENGINE_SETTING_UNSUPPORTED,
+    SEQUENCE_PARALLEL_UNSUPPORTED,
+)
+from paraserve.engines.launch import EngineCommand, RankLaunch
+from paraserve.engines.options import conflict_message, find
+from paraserve.planner.topology import ranks
+
+_ENGINES: dict[EngineName, ModuleType] = {EngineName.VLLM: vllm, EngineName.SGLANG: sglang}
+
+
+def _engine(spec: InferenceDeploymentSpec) -> ModuleType | None:
+    return _ENGINES.get(spec.engine.name)
+
+
+def default_image(spec: InferenceDeploymentSpec) -> str | None:
+    """The image an engine runs when worker.image is not given; None for paraserve/custom."""
+    engine = _engine(spec)
+    return None if engine is None else str(engine.DEFAULT_IMAGE)
+
+
+def command(spec: InferenceDeploymentSpec, launch: RankLaunch) -> EngineCommand | None:
+    """The rank's container command and args, or None when the engine's command is not ours."""
+    engine = _engine(spec)
+    if engine is None:
+        return None
+    return EngineCommand(tuple(engine.PROGRAM), tuple(engine.args(spec, launch)))
+
+
+def _failed(code: str, message: str) -> Check:
+    return Check(code=code, outcome="failed", message=message)
+
+
+def problems(spec: InferenceDeploymentSpec) -> list[Check]:
+    """What the engine cannot do as the spec asks: each a failed Check with its own code.
+
+    Empty for paraserve and custom, whose command the operator does not write.
+    """
+    engine = _engine(spec)
+    if engine is None:
+        return []
+    found: list[Check] = []
+    if (reason := engine.sequence_problem(spec)) is not None:
+        found.append(_failed(SEQUENCE_PARALLEL_UNSUPPORTED, reason))
+    found += [_failed(ENGINE_SETTING_UNSUPPORTED, m) for m in engine.setting_problems(spec)]
+    # The head's options stand for every rank's: only the per-rank ones differ.
+    head = RankLaunch(
+        replica=0,
+        rank=ranks(spec.parallelism)[0],
+        world_size=spec.parallelism.world_size,
+        head_host="<head>",
+        rendezvous_port=0,
+    )
+    rendered = {option.owned: option for option in engine.options(spec, head)}
+    for occurrence in find(
+        spec.engine.args, engine.OWNED, underscores=engine.UNDERSCORES, exact=engine.EXACT
+    ):
+        message = conflict_message(occurrence, rendered.get(occurrence.owned))
+        found.append(_failed(ENGINE_ARGUMENT_CONFLICT, message))
+    return found
