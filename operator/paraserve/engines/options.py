@@ -1,9 +1,9 @@
 """The options a plan decides, and finding them again among a user's extra engine arguments.
 
 Both engines parse with argparse, which also accepts ``--flag=value`` and any unambiguous
-prefix of a long option (``--tensor-parallel`` for ``--tensor-parallel-size``); vLLM also
-reads underscores as dashes. An extra argument is matched the same ways, so a spelling the
-engine would take as one of the plan's options is found.
+prefix of an option (``--tensor-parallel`` for ``--tensor-parallel-size``, ``-t`` for
+``-tp``); vLLM also reads underscores as dashes. An extra argument is matched the same ways,
+so a spelling the engine would take as one of the plan's options is found.
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def matches(name: str, owned: Owned, exact: frozenset[str]) -> bool:
         return True
     if name in exact:
         return False
-    long_prefix = name.startswith("--") and len(name) > 3
-    short_prefix = not name.startswith("--") and len(name) > 2
-    if not (long_prefix or short_prefix):
+    # argparse expands a unique prefix of a long option, and of a short one (`-t` for `-tp`).
+    if len(name) < (4 if name.startswith("--") else 2):
         return False
-    return any(flag.startswith(name) and flag[:2] == name[:2] for flag in owned.flags)
+    long_ = name.startswith("--")
+    return any(flag.startswith(name) and flag.startswith("--") == long_ for flag in owned.flags)
 
 
 def find(
