@@ -80,7 +80,7 @@ class PersistentVolumeClaimSource(SpecModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",
+                    "rule": "!matches(self, '^/|(^|/)[.][.](/|$)')",
                     "message": "path is relative to the claim and has no '..'",
                 }
             ]
