@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from paraserve.api import InferenceDeploymentSpec
-from paraserve.controller.reconciling.owned_objects import MASTER_PORT, master_addr
-from paraserve.engines import RankLaunch, command, problems, vllm
+from paraserve.api.rank_env import DEFAULT_MASTER_PORT, parse_rank_env, rank_environ
+from paraserve.api.topology import ranks
+from paraserve.controller.reconciling.owned_objects import master_addr
+from paraserve.engines import command, problems, vllm
 from paraserve.engines.options import find
-from paraserve.planner.topology import ranks
 
 NAME, NAMESPACE = "tiny", "default"
 PIPELINES, TENSORS, REPLICAS = (1, 2, 4), (1, 2, 8), 2
@@ -49,8 +50,10 @@ def matrix(model: Path) -> list[dict[str, Any]]:
         for replica in range(s.replicas):
             head = master_addr(NAME, NAMESPACE, replica)
             for rank in ranks(s.parallelism):
-                launch = RankLaunch(replica, rank, s.parallelism.world_size, head, MASTER_PORT)
-                rendered = command(s, launch)
+                environ = rank_environ(
+                    s.parallelism, rank.rank, num_layers=4, replica=replica, master_addr=head
+                )
+                rendered = command(s, parse_rank_env(environ))
                 assert rendered is not None
                 cases.append(
                     {
@@ -64,7 +67,7 @@ def matrix(model: Path) -> list[dict[str, Any]]:
                             "nnodes": pipeline * tensor,
                             "node_rank": rank.rank,
                             "master_addr": head,
-                            "master_port": MASTER_PORT,
+                            "master_port": DEFAULT_MASTER_PORT,
                             "headless": rank.rank > 0,
                             "port": 8000,
                             "max_num_seqs": 8,

@@ -1,7 +1,7 @@
 """Engine commands from a plan: what each rank of vLLM or SGLang runs, and what they refuse.
 
-Pure functions of the spec and a rank's place in its replica; layered above the planner and
-below the controller (api ← planner ← engines ← controller).
+Pure functions of the spec and a rank's environment contract (api.rank_env: RANK, WORLD_SIZE,
+MASTER_ADDR …); layered above the planner and below the controller.
 """
 
 from paraserve.engines.codes import (
@@ -9,7 +9,7 @@ from paraserve.engines.codes import (
     ENGINE_SETTING_UNSUPPORTED,
     SEQUENCE_PARALLEL_UNSUPPORTED,
 )
-from paraserve.engines.launch import EngineCommand, RankLaunch
+from paraserve.engines.launch import EngineCommand
 from paraserve.engines.render import command, default_image, problems
 from paraserve.engines.weights import MODEL_MOUNT, model_argument, model_env, model_volumes
 
@@ -19,7 +19,6 @@ __all__ = [
     "MODEL_MOUNT",
     "SEQUENCE_PARALLEL_UNSUPPORTED",
     "EngineCommand",
-    "RankLaunch",
     "command",
     "default_image",
     "model_argument",

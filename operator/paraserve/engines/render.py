@@ -5,15 +5,15 @@ from __future__ import annotations
 from types import ModuleType
 
 from paraserve.api import Check, EngineName, InferenceDeploymentSpec
+from paraserve.api.rank_env import RankEnv, parse_rank_env, rank_environ
 from paraserve.engines import sglang, vllm
 from paraserve.engines.codes import (
     ENGINE_ARGUMENT_CONFLICT,
     ENGINE_SETTING_UNSUPPORTED,
     SEQUENCE_PARALLEL_UNSUPPORTED,
 )
-from paraserve.engines.launch import EngineCommand, RankLaunch
+from paraserve.engines.launch import EngineCommand
 from paraserve.engines.options import conflict_message, find
-from paraserve.planner.topology import ranks
 
 _ENGINES: dict[EngineName, ModuleType] = {EngineName.VLLM: vllm, EngineName.SGLANG: sglang}
 
@@ -28,12 +28,15 @@ def default_image(spec: InferenceDeploymentSpec) -> str | None:
     return None if engine is None else str(engine.DEFAULT_IMAGE)
 
 
-def command(spec: InferenceDeploymentSpec, launch: RankLaunch) -> EngineCommand | None:
-    """The rank's container command and args, or None when the engine's command is not ours."""
+def command(spec: InferenceDeploymentSpec, rank: RankEnv) -> EngineCommand | None:
+    """The rank's container command and args, from the rank's own environment contract.
+
+    None when the engine's command is not the operator's to write (paraserve, custom).
+    """
     engine = _engine(spec)
     if engine is None:
         return None
-    return EngineCommand(tuple(engine.PROGRAM), tuple(engine.args(spec, launch)))
+    return EngineCommand(tuple(engine.PROGRAM), tuple(engine.args(spec, rank)))
 
 
 def _failed(code: str, message: str) -> Check:
@@ -53,12 +56,8 @@ def problems(spec: InferenceDeploymentSpec) -> list[Check]:
         found.append(_failed(SEQUENCE_PARALLEL_UNSUPPORTED, reason))
     found += [_failed(ENGINE_SETTING_UNSUPPORTED, m) for m in engine.setting_problems(spec)]
     # The head's options stand for every rank's: only the per-rank ones differ.
-    head = RankLaunch(
-        replica=0,
-        rank=ranks(spec.parallelism)[0],
-        world_size=spec.parallelism.world_size,
-        head_host="<head>",
-        rendezvous_port=0,
+    head = parse_rank_env(
+        rank_environ(spec.parallelism, 0, num_layers=None, master_addr="<head>", master_port=0)
     )
     rendered = {option.owned: option for option in engine.options(spec, head)}
     for occurrence in find(

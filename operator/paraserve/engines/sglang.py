@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from paraserve.api import Dtype, InferenceDeploymentSpec
-from paraserve.engines.launch import RankLaunch
+from paraserve.api.rank_env import RankEnv
 from paraserve.engines.options import Owned, Rendered, find
 from paraserve.engines.weights import model_argument, model_revision
 
@@ -117,14 +117,14 @@ def sequence_problem(spec: InferenceDeploymentSpec) -> str | None:
     )
 
 
-def options(spec: InferenceDeploymentSpec, launch: RankLaunch) -> list[Rendered]:
+def options(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[Rendered]:
     p = spec.parallelism
     rendered = [
         Rendered(TENSOR, str(p.tensor)),
         Rendered(PIPELINE, str(p.pipeline)),
-        Rendered(NNODES, str(launch.world_size)),
-        Rendered(NODE_RANK, str(launch.rank.rank)),
-        Rendered(DIST_INIT, f"{launch.head_host}:{launch.rendezvous_port}"),
+        Rendered(NNODES, str(rank.world_size)),
+        Rendered(NODE_RANK, str(rank.rank)),
+        Rendered(DIST_INIT, f"{rank.master_addr}:{rank.master_port}"),
         Rendered(HOST, "0.0.0.0"),
         Rendered(PORT, str(spec.engine.api_port)),
         Rendered(METRICS),
@@ -143,9 +143,9 @@ def options(spec: InferenceDeploymentSpec, launch: RankLaunch) -> list[Rendered]
     return rendered
 
 
-def args(spec: InferenceDeploymentSpec, launch: RankLaunch) -> list[str]:
+def args(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[str]:
     out = ["--model-path", model_argument(spec)]
-    for option in options(spec, launch):
+    for option in options(spec, rank):
         out += option.argv()
     if spec.model.dtype is Dtype.FLOAT8 and not _has(spec, QUANTIZATION):
         out += ["--quantization", "fp8"]

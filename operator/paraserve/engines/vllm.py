@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from paraserve.api import Dtype, InferenceDeploymentSpec
-from paraserve.engines.launch import RankLaunch
+from paraserve.api.rank_env import RankEnv
 from paraserve.engines.options import Owned, Rendered, find
 from paraserve.engines.weights import model_argument, model_revision
 
@@ -137,20 +137,20 @@ def sequence_problem(spec: InferenceDeploymentSpec) -> str | None:
     )
 
 
-def options(spec: InferenceDeploymentSpec, launch: RankLaunch) -> list[Rendered]:
+def options(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[Rendered]:
     """Every option the plan sets for this rank, in the order they are written."""
     p = spec.parallelism
     rendered = [
         Rendered(TENSOR, str(p.tensor)),
         Rendered(PIPELINE, str(p.pipeline)),
-        Rendered(NNODES, str(launch.world_size)),
-        Rendered(NODE_RANK, str(launch.rank.rank)),
-        Rendered(MASTER_ADDR, launch.head_host),
-        Rendered(MASTER_PORT, str(launch.rendezvous_port)),
+        Rendered(NNODES, str(rank.world_size)),
+        Rendered(NODE_RANK, str(rank.rank)),
+        Rendered(MASTER_ADDR, rank.master_addr),
+        Rendered(MASTER_PORT, str(rank.master_port)),
     ]
-    if launch.world_size > 1:
+    if rank.world_size > 1:
         rendered.append(Rendered(BACKEND, "mp"))
-    if not launch.is_head:
+    if not rank.is_coordinator:
         rendered.append(Rendered(HEADLESS))
     rendered += [
         Rendered(HOST, "0.0.0.0"),
@@ -168,10 +168,10 @@ def options(spec: InferenceDeploymentSpec, launch: RankLaunch) -> list[Rendered]
     return rendered
 
 
-def args(spec: InferenceDeploymentSpec, launch: RankLaunch) -> list[str]:
+def args(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[str]:
     """The arguments after ``vllm serve``: the model, the plan's options, then engine.args."""
     out = [model_argument(spec)]
-    for option in options(spec, launch):
+    for option in options(spec, rank):
         out += option.argv()
     if spec.model.dtype is Dtype.FLOAT8 and not _has(spec, QUANTIZATION):
         out += ["--quantization", "fp8"]  # vLLM quantizes a 16-bit checkpoint when loading

@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 
 from paraserve.api import InferenceDeploymentSpec
+from paraserve.api.rank_env import RankEnv, parse_rank_env, rank_environ
 from paraserve.engines import (
     ENGINE_ARGUMENT_CONFLICT,
     ENGINE_SETTING_UNSUPPORTED,
     MODEL_MOUNT,
     SEQUENCE_PARALLEL_UNSUPPORTED,
-    RankLaunch,
     command,
     default_image,
     model_env,
@@ -20,7 +20,6 @@ from paraserve.engines import (
     problems,
 )
 from paraserve.engines.options import Owned, find, matches
-from paraserve.planner.topology import ranks
 
 HEAD = "llama-0-0.llama.default.svc"
 LLAMA = {
@@ -51,11 +50,15 @@ def spec(name: str, pipeline: int = 1, tensor: int = 1, **fields: Any) -> Infere
     return InferenceDeploymentSpec.model_validate(document)
 
 
+def rank_env(s: InferenceDeploymentSpec, rank: int) -> RankEnv:
+    environ = rank_environ(s.parallelism, rank, num_layers=None, master_addr=HEAD)
+    return parse_rank_env(environ)
+
+
 def argvs(s: InferenceDeploymentSpec) -> list[list[str]]:
     out = []
-    for rank in ranks(s.parallelism):
-        launch = RankLaunch(0, rank, s.parallelism.world_size, HEAD, 29500)
-        rendered = command(s, launch)
+    for rank in range(s.parallelism.world_size):
+        rendered = command(s, rank_env(s, rank))
         assert rendered is not None
         out.append(rendered.argv)
     return out
@@ -245,8 +248,7 @@ def test_sglang_int8_kv_cache_is_refused() -> None:
 def test_other_engines_are_not_rendered(engine: str) -> None:
     fields: dict[str, Any] = {"worker": {"command": ["serve"]}} if engine == "custom" else {}
     s = spec(engine, **fields)
-    launch = RankLaunch(0, ranks(s.parallelism)[0], 1, HEAD, 29500)
-    assert command(s, launch) is None and problems(s) == [] and default_image(s) is None
+    assert command(s, rank_env(s, 0)) is None and problems(s) == [] and default_image(s) is None
 
 
 def test_default_images_are_the_engines_own() -> None:
