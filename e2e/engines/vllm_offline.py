@@ -3,8 +3,8 @@
 Runs in the vLLM environment (imports vLLM, nothing of paraserve): reads a JSON list of cases
 ``{"id", "argv"}`` on stdin (``argv`` starts with ``vllm serve``) and prints one JSON list of
 results: the parallel layout vLLM derived, or the error it raised. A case with ``"parse": true``
-is only parsed, and reports the parsed values of ``dests``. ``{"options": true}`` maps every
-option string of the serve parser to its destination.
+is only parsed, and reports the value parsed for the destination of the option ``flag``.
+``{"options": true}`` maps every option string of the serve parser to its destination.
 """
 
 from __future__ import annotations
@@ -103,8 +103,9 @@ def main() -> int:
         try:
             args = _parse(parser, case["argv"])
             if case.get("parse"):
-                values = {d: getattr(args, d, None) for d in case["dests"]}
-                results.append({"id": case["id"], "ok": True, "values": values})
+                dest = serve_parser._option_string_actions[case["flag"]].dest
+                value = getattr(args, dest, None)
+                results.append({"id": case["id"], "ok": True, "dest": dest, "value": value})
                 continue
             command.validate(args)
             results.append({"id": case["id"], "ok": True, **_layout(args)})
