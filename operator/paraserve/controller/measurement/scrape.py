@@ -32,6 +32,22 @@ def metrics_url(pod: RankPod, port: int, path: str, *, honour_address: bool = Fa
     return f"http://{host}:{port}{path}"
 
 
+async def read_to_end(content: aiohttp.StreamReader, cap: int) -> bytes | None:
+    """Every byte up to EOF, or None past ``cap``.
+
+    ``content.read(n)`` returns what is buffered, not ``n`` bytes: a page sent in chunks would
+    be cut at the first one (a vLLM page is ~70 KB).
+    """
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in content.iter_any():
+        total += len(chunk)
+        if total > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> str:
     """The text at `url`; ScrapeError for anything but a 200 within the timeout."""
     try:
@@ -42,8 +58,10 @@ async def fetch(session: aiohttp.ClientSession, url: str, timeout: float) -> str
         ) as response:
             if response.status != 200:
                 raise ScrapeError(f"{url}: HTTP {response.status}")
-            body = await response.content.read(MAX_BYTES + 1)
-            if len(body) > MAX_BYTES:
+            if (response.content_length or 0) > MAX_BYTES:
+                raise ScrapeError(f"{url}: more than {MAX_BYTES} bytes")
+            body = await read_to_end(response.content, MAX_BYTES)
+            if body is None:
                 raise ScrapeError(f"{url}: more than {MAX_BYTES} bytes")
             return body.decode("utf-8", "replace")
     except TimeoutError:
