@@ -62,6 +62,7 @@ def run_plan(args: argparse.Namespace) -> int:
     import json
 
     from paraserve.api import DocumentError, load_deployment, load_nodes_and_pods
+    from paraserve.engines import with_engine_checks
     from paraserve.planner import Pool, plan, suggest, suggest_more_nodes
     from paraserve.planner.report import render, render_suggestions
 
@@ -75,7 +76,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if deployment.spec.model.architecture_from is not None:
         deployment = _resolve_architecture(deployment, args.config_maps)
     pool = Pool.from_objects(nodes, pods, deployment.spec)
-    verdict = plan(deployment.spec, pool)
+    verdict = with_engine_checks(plan(deployment.spec, pool), deployment.spec)
     # A person reading a rejection wants the way out; JSON stays the documented object unless asked.
     wanted = args.suggest or (args.output == "text" and not verdict.feasible)
     options = suggest(deployment.spec, pool) if wanted else None

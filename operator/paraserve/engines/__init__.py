@@ -10,7 +10,7 @@ from paraserve.engines.codes import (
     SEQUENCE_PARALLEL_UNSUPPORTED,
 )
 from paraserve.engines.launch import EngineCommand
-from paraserve.engines.render import command, default_image, problems
+from paraserve.engines.render import command, default_image, problems, with_engine_checks
 from paraserve.engines.weights import MODEL_MOUNT, model_argument, model_env, model_volumes
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "model_env",
     "model_volumes",
     "problems",
+    "with_engine_checks",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from paraserve.api import Check, EngineName, InferenceDeploymentSpec
+from paraserve.api import Check, EngineName, InferenceDeploymentSpec, Plan
 from paraserve.api.rank_env import RankEnv, parse_rank_env, rank_environ
 from paraserve.engines import sglang, vllm
 from paraserve.engines.codes import (
@@ -66,3 +66,18 @@ def problems(spec: InferenceDeploymentSpec) -> list[Check]:
         message = conflict_message(occurrence, rendered.get(occurrence.owned))
         found.append(_failed(ENGINE_ARGUMENT_CONFLICT, message))
     return found
+
+
+def with_engine_checks(verdict: Plan, spec: InferenceDeploymentSpec) -> Plan:
+    """The planner's verdict with the engine's refusals added as errors (infeasible if any)."""
+    found = problems(spec)
+    if not found:
+        return verdict
+    return verdict.model_copy(
+        update={
+            "feasible": False,
+            "schedulable_now": False,
+            "errors": [*verdict.errors, *(c.finding for c in found)],
+            "checks": [*verdict.checks, *found],
+        }
+    )

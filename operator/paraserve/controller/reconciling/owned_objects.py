@@ -1,4 +1,4 @@
-"""Pure builders of the objects a deployment owns: rank pods, the headless Service, the topology."""
+"""Pure builders of the objects a deployment owns: rank pods, the Services, the topology."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from paraserve.api.labels import (
     MANAGER,
     PLANNED_NODE_ANNOTATION,
 )
-from paraserve.api.rank_env import DEFAULT_MASTER_PORT, rank_environ
+from paraserve.api.rank_env import DEFAULT_MASTER_PORT, parse_rank_env, rank_environ
 from paraserve.api.rank_layout import Rank, ranks
 from paraserve.api.topology_document import (
     TOPOLOGY_DIR,
@@ -29,9 +29,16 @@ from paraserve.api.topology_document import (
     TOPOLOGY_PATH,
     topology_document,
 )
+from paraserve.engines import command as engine_command
+from paraserve.engines import default_image as engine_image
+from paraserve.engines import model_env, model_volumes
 
 MASTER_PORT: Final = DEFAULT_MASTER_PORT
 CONTAINER_NAME: Final = "rank"
+#: The container port of a rendered engine's OpenAI-compatible API (and its /metrics).
+API_PORT_NAME: Final = "http"
+#: vLLM's and SGLang's liveness of the whole engine: 200 once every rank has joined.
+HEALTH_PATH: Final = "/health"
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 
 # A pod's hostname is one DNS label; `<name>-<r>-<k>` must fit in it.
@@ -66,6 +73,11 @@ def pod_name(deployment: str, replica: int, rank: int) -> str:
 
 def service_name(deployment: str) -> str:
     return deployment
+
+
+def api_service_name(deployment: str) -> str:
+    """The client Service of a rendered engine: the heads of the Ready replicas."""
+    return f"{deployment}-api"
 
 
 def topology_configmap_name(deployment: str, hash_: str) -> str:
@@ -117,6 +129,7 @@ def template_hash(spec: InferenceDeploymentSpec, default_image: str) -> str:
             "gpu": {"resource_name"},
             "placement": True,
             "worker": True,
+            "engine": True,
             "metrics": {"port", "path"},
         },
     )
@@ -242,6 +255,9 @@ def rank_pod(
         container["command"] = list(spec.worker.command)
     if spec.worker.args is not None:
         container["args"] = list(spec.worker.args)
+    extra_volumes: list[dict[str, Any]] = []
+    if spec.engine.rendered:
+        extra_volumes = _engine_container(container, spec, rank)
     pod_spec: dict[str, Any] = {
         "hostname": name,
         "subdomain": service_name(owner.name),
@@ -259,6 +275,7 @@ def rank_pod(
                     "items": [{"key": TOPOLOGY_KEY, "path": TOPOLOGY_KEY}],
                 },
             },
+            *extra_volumes,
         ],
     }
     placement = spec.placement
@@ -290,6 +307,39 @@ def rank_pod(
         },
         "spec": pod_spec,
     }
+
+
+def _engine_container(
+    container: dict[str, Any], spec: InferenceDeploymentSpec, rank: Rank
+) -> list[dict[str, Any]]:
+    """Make the rank container run the rendered engine; the pod volumes it needs.
+
+    The command is rendered from the container's own environment (as the process will see
+    it, the user's variables included), so the two can never disagree.
+    """
+    literal = {e["name"]: str(e["value"]) for e in container["env"] if "value" in e}
+    rendered = engine_command(spec, parse_rank_env(literal))
+    assert rendered is not None  # spec.engine.rendered
+    container["command"] = list(rendered.command)
+    container["args"] = list(rendered.args)
+    container["image"] = spec.worker.image or engine_image(spec)
+    container["env"] = [*model_env(spec), *container["env"]]
+    port = spec.engine.api_port
+    container["ports"] = [
+        {"name": API_PORT_NAME, "containerPort": port, "protocol": "TCP"},
+        {"name": "rendezvous", "containerPort": MASTER_PORT, "protocol": "TCP"},
+    ]
+    volumes, mounts = model_volumes(spec)
+    container["volumeMounts"] = [*container["volumeMounts"], *mounts]
+    if rank.rank == 0:
+        # Only the head serves HTTP; it answers /health once every rank of the replica joined.
+        container["readinessProbe"] = {
+            "httpGet": {"path": HEALTH_PATH, "port": API_PORT_NAME},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        }
+    return volumes
 
 
 def replica_pods(
@@ -354,6 +404,40 @@ def headless_service(owner: Owner, spec: InferenceDeploymentSpec) -> dict[str, A
                     "targetPort": spec.metrics.port,
                     "protocol": "TCP",
                 },
+            ],
+        },
+    }
+
+
+def api_service(owner: Owner, spec: InferenceDeploymentSpec) -> dict[str, Any] | None:
+    """The clients' Service: the engine's API on the head of every Ready replica.
+
+    A Service routes only to Ready endpoints, and only the head (rank 0) serves the API and is
+    Ready once /health answers, so this selects exactly the heads of the Ready replicas.
+    None for engines whose command the operator does not render.
+    """
+    port = spec.engine.api_port
+    if not spec.engine.rendered or port is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": api_service_name(owner.name),
+            "namespace": owner.namespace,
+            "labels": {**selector_labels(owner.name), LABEL_MANAGED_BY: MANAGER},
+            "ownerReferences": [owner.reference],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {**selector_labels(owner.name), LABEL_RANK: "0"},
+            "ports": [
+                {
+                    "name": API_PORT_NAME,
+                    "port": port,
+                    "targetPort": API_PORT_NAME,
+                    "protocol": "TCP",
+                }
             ],
         },
     }

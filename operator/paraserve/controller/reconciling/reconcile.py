@@ -46,6 +46,8 @@ from paraserve.controller.reconciling.gang import (
     GangState,
     decide,
 )
+from paraserve.engines import codes as engine_codes
+from paraserve.engines import with_engine_checks
 from paraserve.planner import Pool, codes, plan
 from paraserve.planner.live_pool import LivePool
 
@@ -57,7 +59,7 @@ INVALID_SPEC: Final = "InvalidSpec"
 INVALID_NAME: Final = "InvalidName"
 #: Wrong whatever the cluster looks like (the others depend on the pool).
 STATIC_CODES: Final = frozenset(
-    {INVALID_SPEC, INVALID_NAME, codes.INVALID_PARALLELISM, codes.INVALID_MODEL_CONFIG}
+    {INVALID_SPEC, INVALID_NAME, codes.INVALID_PARALLELISM, codes.INVALID_MODEL_CONFIG, *engine_codes.ERRORS}
 )
 NAME_TAKEN: Final = "NameTaken"
 GANG_STATE_UNREADABLE: Final = "GangStateUnreadable"
@@ -355,7 +357,8 @@ class Reconciler:
         if unresolved is not None:
             return Judgement(spec=spec, rejection=rejection or unresolved)
         pool = self.pool_for(key, spec)
-        verdict = plan(spec, pool)
+        # What the engine refuses is as final as what the planner refuses.
+        verdict = with_engine_checks(plan(spec, pool), spec)
         if rejection is None and verdict.errors:
             rejection = verdict.errors[0]
         return Judgement(spec=spec, rejection=rejection, plan=verdict, pool=pool)
@@ -609,12 +612,14 @@ class Reconciler:
         verdict: Plan,
         hash_: str,
     ) -> None:
-        """The headless Service and this version's topology ConfigMap, written when the watch
+        """The headless Service, the client Service of an engine, and this version's topology ConfigMap, written when the watch
         shows them missing or different; topologies no pod uses any more are deleted."""
         wanted = [
             owned_objects.headless_service(owner, spec),
             owned_objects.topology_configmap(owner, spec, verdict.stages, hash_),
         ]
+        if (api := owned_objects.api_service(owner, spec)) is not None:
+            wanted.append(api)
         observed = {(o.get("kind"), o["metadata"].get("name")): o for o in self.views.owned_by(key)}
         for obj in wanted:
             seen = observed.get((obj["kind"], obj["metadata"]["name"]))
