@@ -597,5 +597,14 @@ class InferenceDeploymentSpec(SpecModel):
         return self
 
     @property
+    def metrics_profile(self) -> MetricsProfile:
+        """The names to read: a rendered engine's own, else spec.metrics.profile."""
+        if self.engine.name is EngineName.VLLM:
+            return MetricsProfile.VLLM
+        if self.engine.name is EngineName.SGLANG:
+            return MetricsProfile.SGLANG
+        return self.metrics.profile
+
+    @property
     def gpus_required(self) -> int:
         return self.replicas * self.parallelism.world_size

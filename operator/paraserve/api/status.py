@@ -120,6 +120,11 @@ class MeasuredStatus(WireModel):
     sampled_at: str | None = Field(None, description="RFC 3339 time of the sample.")
     ranks_scraped: int = Field(0, ge=0, description="Ranks whose metrics were read.")
     ranks_unreachable: int = Field(0, ge=0, description="Ranks whose metrics could not be read.")
+    memory_not_measured: str | None = Field(
+        None,
+        description="Why memory is missing (vllm, sglang: no dcgm-exporter found, or it reports"
+        " no figure for some ranks).",
+    )
 
 
 class InferenceDeploymentStatus(WireModel):

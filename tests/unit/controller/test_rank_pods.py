@@ -92,7 +92,8 @@ def test_the_index_entry_is_keyed_by_namespace_and_deployment():
 def test_the_operator_keeps_one_index_of_rank_pods():
     registry = kopf.OperatorRegistry()
     watches.register(registry, None)  # type: ignore[arg-type]
-    measure_loop.register(registry, None)  # type: ignore[arg-type]
+    measurer = measure_loop.Measurer(None, measure_loop.MeasureSettings())  # type: ignore[arg-type]
+    measure_loop.register(registry, measurer)
     indexes = [h.id for h in registry._indexing.get_all_handlers()]
     # (and one each of the Services and ConfigMaps it owns, compared with what it would write)
     assert indexes == [
@@ -104,4 +105,5 @@ def test_the_operator_keeps_one_index_of_rank_pods():
         "configmaps",
         "model_config_maps",  # model.architectureFrom (reconciling/architecture_source.py)
         "architecture_sources",
+        "gpu_exporters",  # the measurement loop's; rank pods are indexed once
     ]

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from paraserve.api import ConditionType, InferenceDeploymentSpec, Phase
 from paraserve.controller.api_writes import StatusWriter
 from paraserve.controller.deployment_writes import DeploymentWrites
+from paraserve.controller.measurement import device_memory
 from paraserve.controller.measurement.exposition import ExpositionError, parse
 from paraserve.controller.measurement.measured_status import (
     History,
@@ -34,6 +35,7 @@ from paraserve.controller.measurement.measured_status import (
     needs_write,
     slo_condition,
     status_patch,
+    with_device_memory,
 )
 from paraserve.controller.measurement.metric_profiles import profile_for, read
 from paraserve.controller.measurement.scrape import ScrapeError, fetch_all, metrics_url
@@ -56,11 +58,15 @@ class MeasureSettings:
     # an idle deployment costs no write at all.
     refresh: float = 0.0
     address_annotation: bool = False  # scrape the pod's metrics-address annotation, if set
+    # Where vllm and sglang ranks' GPU memory comes from: dcgm-exporter pods.
+    gpu_exporter_selector: str = device_memory.DEFAULT_SELECTOR
+    gpu_exporter_port: int = device_memory.DEFAULT_PORT
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> MeasureSettings:
         """PARASERVE_MEASURE_INTERVAL, _WINDOW, _TIMEOUT, _CONCURRENCY, _TOLERANCE, _REFRESH,
-        and PARASERVE_MEASURE_ADDRESS_ANNOTATION (true|false).
+        PARASERVE_MEASURE_ADDRESS_ANNOTATION (true|false), PARASERVE_GPU_EXPORTER_SELECTOR
+        (a label selector: key=value,key) and PARASERVE_GPU_EXPORTER_PORT.
 
         ValueError naming the variable when one is not a number in its range.
         """
@@ -92,6 +98,18 @@ class MeasureSettings:
         if raw not in ("true", "false", "1", "0"):
             raise ValueError(f"{variable}={raw!r}: must be true or false")
         values["address_annotation"] = raw in ("true", "1")
+        variable = "PARASERVE_GPU_EXPORTER_SELECTOR"
+        if raw := environ.get(variable, "").strip():
+            try:
+                device_memory.parse_selector(raw)
+            except ValueError as error:
+                raise ValueError(f"{variable}: {error}") from None
+            values["gpu_exporter_selector"] = raw
+        variable = "PARASERVE_GPU_EXPORTER_PORT"
+        if raw := environ.get(variable, "").strip():
+            if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+                raise ValueError(f"{variable}={raw!r}: must be a port, 1–65535")
+            values["gpu_exporter_port"] = int(raw)
         return cls(**values)
 
 
@@ -116,6 +134,11 @@ class Measurer:
         self.may_act_on = may_act_on
         self.deployments: Mapping[Any, Iterable[Any]] = {}
         self.rank_pods: Mapping[Any, Iterable[RankPod]] = {}
+        self.gpu_exporters: Mapping[Any, Iterable[device_memory.ExporterPod]] = {}
+        # This interval's reading of the GPU exporters, shared by the deployments that need it.
+        self._gpu_reading: asyncio.Future[tuple[dict[tuple[str, str], float], int, int]] | None = (
+            None
+        )
         self._history: dict[Key, History] = {}
         self._unreachable: dict[Key, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -127,6 +150,7 @@ class Measurer:
     def bind(self, indices: Mapping[str, Any]) -> None:
         self.deployments = indices["deployments"]
         self.rank_pods = indices[RANK_PODS]
+        self.gpu_exporters = indices.get(device_memory.INDEX, {})
 
     def start(self) -> None:
         if self.settings.interval > 0:
@@ -149,6 +173,7 @@ class Measurer:
 
     async def measure_all(self, session: aiohttp.ClientSession, limit: asyncio.Semaphore) -> None:
         keys = [key for key in list(self.deployments.keys()) if isinstance(key, tuple)]
+        self._gpu_reading = None
         for key in [k for k in self._history if k not in keys]:
             del self._history[key]
             self._unreachable.pop(key, None)
@@ -160,6 +185,35 @@ class Measurer:
                 raise result
             if isinstance(result, Exception):  # one deployment's trouble never stops the loop
                 logger.warning("measuring %s/%s failed: %s", *key, result)
+
+    async def read_gpu_exporters(
+        self, session: aiohttp.ClientSession, limit: asyncio.Semaphore
+    ) -> tuple[dict[tuple[str, str], float], int, int]:
+        """(namespace, pod) → bytes used, from every ready exporter; (that, found, read)."""
+        exporters = [e for e in self.gpu_exporters.get(device_memory.ALL, ()) if e.ready]
+        honour = self.settings.address_annotation
+        urls = [
+            metrics_url(e, self.settings.gpu_exporter_port, "/metrics", honour_address=honour)
+            for e in exporters
+        ]
+        texts = await fetch_all(session, urls, limit=limit, timeout=self.settings.timeout)
+        readings = []
+        for exporter, text in zip(exporters, texts, strict=True):
+            try:
+                if isinstance(text, ScrapeError):
+                    raise text
+                readings.append(device_memory.used_bytes_by_pod(parse(text)))
+            except (ScrapeError, ExpositionError) as error:
+                logger.info("gpu exporter %s/%s: %s", exporter.namespace, exporter.name, error)
+        return device_memory.merge(readings), len(exporters), len(readings)
+
+    async def _gpu_memory(
+        self, session: aiohttp.ClientSession, limit: asyncio.Semaphore
+    ) -> tuple[dict[tuple[str, str], float], int, int]:
+        # One read per interval, however many deployments ask (asyncio: check-then-set is safe).
+        if self._gpu_reading is None:
+            self._gpu_reading = asyncio.ensure_future(self.read_gpu_exporters(session, limit))
+        return await self._gpu_reading
 
     async def measure(
         self, key: Key, session: aiohttp.ClientSession, limit: asyncio.Semaphore
@@ -183,21 +237,23 @@ class Measurer:
             for pod in self.rank_pods.get(key, ())
             if pod.serving and pod.replica < spec.replicas and pod.rank < wanted
         ]
+        # A rendered engine serves its metrics on the head alone, on the API port.
+        engine = spec.engine
+        targets = [pod for pod in ready if pod.rank == 0] if engine.rendered else ready
+        port = engine.api_port if engine.rendered and engine.api_port else spec.metrics.port
+        path = "/metrics" if engine.rendered else spec.metrics.path
         history = self._history.setdefault(key, History(self.settings.window))
-        history.retain(pod.uid for pod in ready)
-        if not ready:
+        history.retain(pod.uid for pod in targets)
+        if not targets:
             return False  # nothing is serving: the last measurement stays, with its time
-        profile = profile_for(spec.metrics.profile)
+        profile = profile_for(spec.metrics_profile)
         honour = self.settings.address_annotation
-        urls = [
-            metrics_url(pod, spec.metrics.port, spec.metrics.path, honour_address=honour)
-            for pod in ready
-        ]
+        urls = [metrics_url(pod, port, path, honour_address=honour) for pod in targets]
         texts = await fetch_all(session, urls, limit=limit, timeout=self.settings.timeout)
         now = self.clock()
         windows = []
         unreachable = []
-        for target, text in zip(ready, texts, strict=True):
+        for target, text in zip(targets, texts, strict=True):
             try:
                 if isinstance(text, ScrapeError):
                     raise text
@@ -212,9 +268,24 @@ class Measurer:
             first = f": {unreachable[0]}" if unreachable else ""
             logger.info("%s/%s: %d ranks unreachable%s", *key, len(unreachable), first)
         gpu = ((status.get("plan") or {}).get("memory") or {}).get("gpuMemoryBytes")
-        measurement = aggregate(
-            windows, unreachable=len(unreachable), gpu_memory_bytes=int(gpu) if gpu else None
-        )
+        gpu_bytes = int(gpu) if gpu else None
+        measurement = aggregate(windows, unreachable=len(unreachable), gpu_memory_bytes=gpu_bytes)
+        if engine.rendered:
+            by_pod, found, answered = await self._gpu_memory(session, limit)
+            memory = device_memory.rank_memory(
+                key[0],
+                [pod.name for pod in ready],
+                by_pod,
+                exporters=found,
+                exporters_read=answered,
+                selector=self.settings.gpu_exporter_selector,
+            )
+            measurement = with_device_memory(
+                measurement,
+                memory.used_bytes,
+                not_measured=memory.not_measured,
+                gpu_memory_bytes=gpu_bytes,
+            )
         stamp = _now_iso()
         measured = measured_status(measurement, profile.name, stamp)
         condition = slo_condition(measurement, spec.slo)
@@ -258,6 +329,14 @@ class Measurer:
 
 def register(registry: kopf.OperatorRegistry, measurer: Measurer) -> None:
     """The loop's start and stop with the operator (the indexes it reads are the watches')."""
+
+    # The GPU exporters, found by their labels (the GPU Operator's by default).
+    selector = device_memory.parse_selector(measurer.settings.gpu_exporter_selector)
+    labels = {k: kopf.PRESENT if v is None else v for k, v in selector.items()}
+
+    @kopf.index("v1", "pods", id=device_memory.INDEX, labels=labels, registry=registry)
+    def gpu_exporters(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {device_memory.ALL: device_memory.ExporterPod.from_pod(body)}
 
     @kopf.on.startup(id="start-measurement", registry=registry)
     async def start_measurement(**kwargs: Any) -> None:

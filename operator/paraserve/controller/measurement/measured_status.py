@@ -10,6 +10,7 @@ needs two scrapes, so it is empty on the first one. Memory is the worst (largest
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ MATERIAL_FIELDS: Final = (
     "kvCacheUtilization",
 )
 #: Fields any change of which is material.
-EXACT_FIELDS: Final = ("ranksScraped", "ranksUnreachable", "profile")
+EXACT_FIELDS: Final = ("ranksScraped", "ranksUnreachable", "profile", "memoryNotMeasured")
 
 # MeetsSLO reasons.
 OBJECTIVES_MET: Final = "ObjectivesMet"
@@ -95,6 +96,7 @@ class Measurement:
     window_seconds: float | None = None
     ranks_scraped: int = 0
     ranks_unreachable: int = 0
+    memory_not_measured: str | None = None
 
 
 def _windowed_p99(
@@ -145,6 +147,25 @@ def aggregate(
         window_seconds=max(spans) if spans else None,
         ranks_scraped=len(windows),
         ranks_unreachable=unreachable,
+    )
+
+
+def with_device_memory(
+    m: Measurement,
+    used_bytes: Sequence[float],
+    *,
+    not_measured: str | None,
+    gpu_memory_bytes: int | None,
+) -> Measurement:
+    """Memory read from the GPUs (dcgm-exporter) rather than the ranks: the worst rank's."""
+    worst = int(max(used_bytes)) if used_bytes else None
+    return dataclasses.replace(
+        m,
+        max_memory_bytes=worst,
+        memory_utilization=worst / gpu_memory_bytes
+        if worst is not None and gpu_memory_bytes
+        else None,
+        memory_not_measured=not_measured,
     )
 
 
@@ -210,6 +231,7 @@ def measured_status(m: Measurement, profile: str, sampled_at: str) -> dict[str, 
         sampled_at=sampled_at,
         ranks_scraped=m.ranks_scraped,
         ranks_unreachable=m.ranks_unreachable,
+        memory_not_measured=m.memory_not_measured,
     ).to_wire()
 
 

@@ -1,24 +1,32 @@
-"""Where each rank serves its metrics, and reading them over HTTP with bounded concurrency."""
+"""Where a pod serves its metrics, and reading them over HTTP with bounded concurrency."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 
-from paraserve.controller.rank_pods import RankPod
-
 #: The largest exposition read (a rank's is a few KiB; an engine's tens of KiB).
 MAX_BYTES: Final = 4 * 1024 * 1024
+
+
+class Endpoint(Protocol):
+    """A pod that serves metrics: a rank or a GPU exporter."""
+
+    @property
+    def pod_ip(self) -> str | None: ...
+
+    @property
+    def metrics_address(self) -> str | None: ...
 
 
 class ScrapeError(Exception):
     """A rank's endpoint could not be read: refused, timed out, an HTTP error, too large."""
 
 
-def metrics_url(pod: RankPod, port: int, path: str, *, honour_address: bool = False) -> str | None:
+def metrics_url(pod: Endpoint, port: int, path: str, *, honour_address: bool = False) -> str | None:
     """http://host:port/path of a rank; None when the pod has neither an IP nor an address yet.
 
     The address annotation is honoured only when the operator was told to: anyone who
