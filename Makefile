@@ -30,10 +30,12 @@ typecheck: $(BIN)/.installed
 unit: cluster-binaries
 	$(BIN)/pytest tests/unit -q
 
-# The real engines: vLLM's CPU build in its own cached venv (installed here when cold), and the
-# offline checks of every rendered command through vLLM's own parser and engine config.
+# The real engines, each in its own cached venv (installed here when cold: vLLM's CPU build
+# ~4 min, SGLang ~30 min), and the offline checks of every rendered command through the
+# engines' own argument parsing and configuration.
 engines: $(BIN)/.installed
 	$(BIN)/python -m e2e.engines install vllm
+	$(BIN)/python -m e2e.engines install sglang
 	$(BIN)/pytest tests/engines -q
 
 cluster-binaries: $(BIN)/.installed

@@ -9,78 +9,51 @@ option it takes for one the plan sets; the renderer must refuse exactly those.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.engines.layouts import (
+    COMMANDS,
+    MASTER_PORT,
+    Runner,
+    rank_cases,
+    shadows,
+    spelled_cases,
+)
 
-from paraserve.api import InferenceDeploymentSpec
-from paraserve.api.rank_env import DEFAULT_MASTER_PORT, parse_rank_env, rank_environ
-from paraserve.api.topology import ranks
-from paraserve.controller.reconciling.owned_objects import master_addr
-from paraserve.engines import command, problems, vllm
+from paraserve.engines import vllm
 from paraserve.engines.options import find
 
-NAME, NAMESPACE = "tiny", "default"
-PIPELINES, TENSORS, REPLICAS = (1, 2, 4), (1, 2, 8), 2
 EXTRA = ["--enforce-eager", "--seed", "7", "--max-num-batched-tokens", "4096"]
 
 
-def tiny_spec(model: Path, pipeline: int, tensor: int, extra: list[str]) -> InferenceDeploymentSpec:
-    return InferenceDeploymentSpec.model_validate(
-        {
-            # A local directory is a model name vLLM loads as it is: no substitution below.
-            "model": {"name": str(model), "parameters": "13M", "architecture": {"numLayers": 4}},
-            "parallelism": {"pipeline": pipeline, "tensor": tensor},
-            "replicas": REPLICAS,
-            "serving": {"maxBatchSize": 8, "maxSequenceLength": 1024},
-            "gpu": {"maxMemoryUtilization": 0.8},
-            "engine": {"name": "vllm", "args": extra},
-        }
-    )
-
-
 def matrix(model: Path) -> list[dict[str, Any]]:
-    cases = []
-    for pipeline, tensor, extra in itertools.product(PIPELINES, TENSORS, (False, True)):
-        s = tiny_spec(model, pipeline, tensor, EXTRA if extra else [])
-        assert problems(s) == []
-        for replica in range(s.replicas):
-            head = master_addr(NAME, NAMESPACE, replica)
-            for rank in ranks(s.parallelism):
-                environ = rank_environ(
-                    s.parallelism, rank.rank, num_layers=4, replica=replica, master_addr=head
-                )
-                rendered = command(s, parse_rank_env(environ))
-                assert rendered is not None
-                cases.append(
-                    {
-                        "id": f"pp{pipeline}-tp{tensor}-{'extra' if extra else 'plain'}"
-                        f"-r{replica}-k{rank.rank}",
-                        "argv": rendered.argv,
-                        "expect": {
-                            "world_size": pipeline * tensor,
-                            "tensor": tensor,
-                            "pipeline": pipeline,
-                            "nnodes": pipeline * tensor,
-                            "node_rank": rank.rank,
-                            "master_addr": head,
-                            "master_port": DEFAULT_MASTER_PORT,
-                            "headless": rank.rank > 0,
-                            "port": 8000,
-                            "max_num_seqs": 8,
-                            "max_model_len": 1024,
-                            "dtype": "bfloat16",
-                            "gpu_memory_utilization": 0.8,
-                            "served_model_name": str(model),
-                            "enforce_eager": extra,
-                            "seed": 7 if extra else 0,
-                        },
-                    }
-                )
-    return cases
+    return [
+        {
+            "id": case.id,
+            "argv": case.argv,
+            "expect": {
+                "world_size": case.env.world_size,
+                "tensor": case.spec.parallelism.tensor,
+                "pipeline": case.spec.parallelism.pipeline,
+                "nnodes": case.env.world_size,
+                "node_rank": case.env.rank,
+                "master_addr": case.env.master_addr,
+                "master_port": MASTER_PORT,
+                "headless": case.env.rank > 0,
+                "port": 8000,
+                "max_num_seqs": 8,
+                "max_model_len": 1024,
+                "dtype": "bfloat16",
+                "gpu_memory_utilization": 0.8,
+                "served_model_name": str(model),
+                "enforce_eager": case.extra,
+                "seed": 7 if case.extra else 0,
+            },
+        }
+        for case in rank_cases(model, "vllm", EXTRA)
+    ]
 
 
 # Commands vLLM itself must refuse: the checks the renderer relies on it to make as well.
@@ -110,36 +83,10 @@ SAMPLE_VALUES = {
 }
 
 
-def spellings(option: str) -> list[str]:
-    """The ways a user might write an option: itself, with underscores, every prefix."""
-    out = {option}
-    if option.startswith("--"):
-        out.add("--" + option[2:].replace("-", "_"))
-        out.update(option[:n] for n in range(4, len(option)))
-    else:
-        out.update(option[:n] for n in range(2, len(option)))
-    return sorted(out)
-
-
-def spelled_cases(model: Path) -> list[dict[str, Any]]:
-    """Each spelling of each owned option, to be parsed only."""
-    cases = []
-    for owned in vllm.OWNED:
-        for flag in owned.flags:
-            for spelling in spellings(flag):
-                argv = ["vllm", "serve", str(model), spelling]
-                if owned.takes_value:
-                    argv.append(SAMPLE_VALUES.get(flag, "3"))
-                cases.append({"id": f"spell{spelling}", "argv": argv, "parse": True, "flag": flag})
-    return cases
-
-
 @pytest.fixture(scope="module")
-def offline(
-    tiny_llama: Path, run_vllm_offline: Callable[[list[dict[str, Any]]], dict[str, Any]]
-) -> dict[str, Any]:
+def offline(tiny_llama: Path, run_vllm_offline: Runner) -> dict[str, Any]:
     cases = matrix(tiny_llama) + refused_by_vllm(tiny_llama)
-    spelled = spelled_cases(tiny_llama)
+    spelled = spelled_cases(["vllm", "serve", str(tiny_llama)], vllm.OWNED, SAMPLE_VALUES)
     out = run_vllm_offline([*cases, *spelled, {"id": "options", "options": True}])
     by_id = {r["id"]: r for r in out["results"]}
     print(
@@ -156,8 +103,7 @@ def offline(
 
 def test_matrix_covers_the_layouts(offline: dict[str, Any]) -> None:
     matrix_cases = [c for c in offline["cases"] if "expect" in c]
-    per_replica = sum(p * t for p in PIPELINES for t in TENSORS)
-    assert len(matrix_cases) == per_replica * REPLICAS * 2 == 308
+    assert len(matrix_cases) == COMMANDS == 308
 
 
 def test_every_rank_gets_the_plans_layout_from_vllm(offline: dict[str, Any]) -> None:
@@ -188,16 +134,7 @@ def test_owned_options_are_vllms_own(offline: dict[str, Any]) -> None:
     missing = [f for o in vllm.OWNED for f in o.flags if f not in options]
     assert missing == []
     # Every vLLM option that is a prefix of an owned one is known to be an option of its own.
-    owned_flags = {f for o in vllm.OWNED for f in o.flags}
-    shadows = {
-        name
-        for name in options
-        if name not in owned_flags
-        and any(
-            f.startswith(name) and f.startswith("--") == name.startswith("--") for f in owned_flags
-        )
-    }
-    assert shadows <= vllm.EXACT
+    assert shadows(options, vllm.OWNED) <= vllm.EXACT
 
 
 def test_the_renderer_refuses_every_spelling_vllm_takes_for_a_plan_option(
