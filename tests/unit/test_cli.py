@@ -235,3 +235,22 @@ def test_operator_bad_settings_exit_2_before_connecting(
     assert main(["operator", "--kubeconfig", "/nonexistent", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_the_vllm_example_plans_and_a_contradicting_arg_is_infeasible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = EXAMPLES / "vllm-llama-3.1-8b-tp2.yaml"
+    assert main(["plan", "-f", str(example), "--nodes", str(NODES)]) == 0
+    document = yaml.safe_load(example.read_text())
+    document["spec"]["engine"]["args"] += ["-tp", "4"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(document))
+    capsys.readouterr()
+    assert main(["plan", "-f", str(bad), "--nodes", str(NODES), "-o", "json"]) == 1
+    (error,) = json.loads(capsys.readouterr().out)["errors"]
+    assert error == {
+        "code": "EngineArgumentConflict",
+        "message": "engine.args '-tp 4' contradicts parallelism.tensor: the operator renders"
+        " '--tensor-parallel-size 2'",
+    }
