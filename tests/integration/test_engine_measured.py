@@ -32,23 +32,26 @@ pytestmark = pytest.mark.timeout(1500)
 NAME = "tiny-vllm"
 
 
-def deployment(model: Path, pool_selector: dict[str, str]) -> dict[str, Any]:
+def deployment(
+    model: Path, pool_selector: dict[str, str], name: str = NAME, pipeline: int = 1
+) -> dict[str, Any]:
+    # TP runs eagerly; PP fails under --enforce-eager on CPU and is compiled (~90 s per start).
+    engine = {"name": "vllm", "args": ["--enforce-eager"] if pipeline == 1 else []}
     return {
         "apiVersion": "paraserve.dev/v1alpha1",
         "kind": "InferenceDeployment",
-        "metadata": {"name": NAME},
+        "metadata": {"name": name},
         "spec": {
             "model": {
                 "name": str(model),
                 "parameters": "13M",
                 "architecture": {"numLayers": 4, "numAttentionHeads": 8, "numKeyValueHeads": 8},
             },
-            "parallelism": {"tensor": 2},
+            "parallelism": {"pipeline": pipeline, "tensor": 2 // pipeline},
             "serving": {"maxBatchSize": 4, "maxSequenceLength": 512},
             "memory": {"overheadPerGpu": "4Gi"},
             "placement": {"nodeSelector": pool_selector},
-            # PP would need torch.compile on CPU (~100 s per start); TP runs eagerly.
-            "engine": {"name": "vllm", "args": ["--enforce-eager"]},
+            "engine": engine,
             "slo": {"prefillP99": "120s", "decodeP99PerToken": "30s"},
         },
     }
@@ -178,3 +181,46 @@ def test_a_vllm_deployment_serves_is_measured_and_restarts_as_a_gang(
         events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
         reasons = {e["reason"] for e in json.loads(events)["items"]}
         assert "ReplicaRestart" in reasons, reasons
+
+
+def test_a_vllm_pp2_deployment_serves_and_is_measured(
+    cluster: LocalCluster, crd: Path, tmp_path: Path
+) -> None:
+    """The same with PP=2 × TP=1: two pipeline stages, rank 1 headless, compiled on CPU."""
+    engine = install.install_vllm()
+    model = tiny_model.ensure(install.engines_root(), engine.python)
+    name = "tiny-vllm-pp2"
+    with contextlib.ExitStack() as stack:
+        namespace = stack.enter_context(cluster.namespace())
+        pool = stack.enter_context(cluster.gpu_pool("1 x 2 x H100-80GB"))
+        logs = stack.enter_context(operator(cluster, namespace, tmp_path / "operator.log"))
+        runner = stack.enter_context(
+            EngineRunner(cluster.kubeconfig, namespace, name, tmp_path, engine)
+        )
+        cluster.apply(deployment(model, pool.node_selector, name, pipeline=2), namespace=namespace)
+
+        def head_healthy() -> Any:
+            assert not runner.exited, runner.exited[0].log_path.read_text()[-4000:]
+            heads = runner.heads()
+            if len(runner.by_pod()) == 2 and heads and all(h.healthy() for h in heads.values()):
+                return next(iter(heads.values()))
+            return None
+
+        head = wait(cluster, head_healthy, 900, "PP=2 head and headless stage, /health", logs)
+        argv = runner.by_pod()[f"{name}-0-1"].argv
+        assert argv[argv.index("--pipeline-parallel-size") + 1] == "2" and "--headless" in argv
+        answer = complete(str(head.address), model, "the model rank")
+        print(f"\n--- PP=2 /v1/completions ---\n{json.dumps(answer)}")
+        assert answer["usage"]["completion_tokens"] == 8
+
+        def measured() -> dict[str, Any] | None:
+            status = status_of(cluster, namespace, name)
+            m = status.get("measured") or {}
+            keys = ("prefillP99Seconds", "decodeP99PerTokenSeconds", "maxMemoryBytesPerGpu")
+            ready = status.get("phase") == "Ready"
+            return status if ready and all(m.get(k) is not None for k in keys) else None
+
+        with traffic(str(head.address), model):
+            status = wait(cluster, measured, 300, "PP=2 measured", logs)
+        print(cluster.kubectl("get", "infd", "-n", namespace).stdout)
+        print(f"\n--- PP=2 status.measured ---\n{json.dumps(status['measured'], indent=1)}")
