@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from paraserve.api import Dtype, InferenceDeploymentSpec
+from paraserve.api.expert_parallel import UnsupportedExpertParallelism, engine_expert_args
 from paraserve.api.rank_env import RankEnv
 from paraserve.engines.options import Owned, Rendered, find
 from paraserve.engines.weights import model_argument, model_revision
@@ -43,6 +44,7 @@ LAYERNORM_SP = Owned(
     ("--enable-layernorm-sp",), "parallelism.sequence (= tensor)", takes_value=False
 )
 REVISION = Owned(("--revision",), "model.source.huggingFace.revision")
+EXPERT = Owned(("--ep-size", "--expert-parallel-size", "--ep"), "parallelism.expert")
 
 OWNED: Final = (
     MODEL,
@@ -62,6 +64,7 @@ OWNED: Final = (
     MEMORY,
     LAYERNORM_SP,
     REVISION,
+    EXPERT,
 )
 #: SGLang options that are a prefix of an owned one but are options of their own.
 EXACT: Final = frozenset[str]()
@@ -102,6 +105,10 @@ def setting_problems(spec: InferenceDeploymentSpec) -> list[str]:
             " SGLang's --kv-cache-dtype has no such type (auto, bfloat16, fp8_e4m3, fp8_e5m2,"
             " …)"
         )
+    try:
+        engine_expert_args("sglang", spec.parallelism)
+    except UnsupportedExpertParallelism as error:
+        problems.append(str(error))
     return problems
 
 
@@ -140,7 +147,17 @@ def options(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[Rendered]:
         rendered.append(Rendered(LAYERNORM_SP))
     if (revision := model_revision(spec)) is not None:
         rendered.append(Rendered(REVISION, revision))
+    rendered += _expert(spec)
     return rendered
+
+
+def _expert(spec: InferenceDeploymentSpec) -> list[Rendered]:
+    """parallelism.expert as this engine spells it (api.expert_parallel); none if it cannot."""
+    try:
+        flags = engine_expert_args("sglang", spec.parallelism)
+    except UnsupportedExpertParallelism:
+        return []  # refused in setting_problems
+    return [Rendered(EXPERT, flags[1] if len(flags) > 1 else None)] if flags else []
 
 
 def args(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[str]:

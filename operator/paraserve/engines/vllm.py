@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from paraserve.api import Dtype, InferenceDeploymentSpec
+from paraserve.api.expert_parallel import UnsupportedExpertParallelism, engine_expert_args
 from paraserve.api.rank_env import RankEnv
 from paraserve.engines.options import Owned, Rendered, find
 from paraserve.engines.weights import model_argument, model_revision
@@ -50,6 +51,11 @@ MEMORY = Owned(
     ("--gpu-memory-utilization", "--device-memory-utilization"), "gpu.maxMemoryUtilization"
 )
 REVISION = Owned(("--revision",), "model.source.huggingFace.revision")
+EXPERT = Owned(
+    ("--enable-expert-parallel", "-ep"),
+    "parallelism.expert (vLLM's expert parallelism is EP = tensor)",
+    takes_value=False,
+)
 
 OWNED: Final = (
     MODEL,
@@ -71,6 +77,7 @@ OWNED: Final = (
     KV_DTYPE,
     MEMORY,
     REVISION,
+    EXPERT,
 )
 #: vLLM options that are a prefix of an owned one but are options of their own.
 EXACT: Final = frozenset({"--model-impl"})
@@ -122,6 +129,10 @@ def setting_problems(spec: InferenceDeploymentSpec) -> list[str]:
             " vLLM's --kv-cache-dtype has no such type (auto, bfloat16, float16, fp8,"
             " int8_per_token_head, int4_per_token_head)"
         )
+    try:
+        engine_expert_args("vllm", spec.parallelism)
+    except UnsupportedExpertParallelism as error:
+        problems.append(str(error))
     return problems
 
 
@@ -165,7 +176,17 @@ def options(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[Rendered]:
     rendered.append(Rendered(MEMORY, f"{spec.gpu.max_memory_utilization:g}"))
     if (revision := model_revision(spec)) is not None:
         rendered.append(Rendered(REVISION, revision))
+    rendered += _expert(spec)
     return rendered
+
+
+def _expert(spec: InferenceDeploymentSpec) -> list[Rendered]:
+    """parallelism.expert as this engine spells it (api.expert_parallel); none if it cannot."""
+    try:
+        flags = engine_expert_args("vllm", spec.parallelism)
+    except UnsupportedExpertParallelism:
+        return []  # refused in setting_problems
+    return [Rendered(EXPERT, flags[1] if len(flags) > 1 else None)] if flags else []
 
 
 def args(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[str]:

@@ -327,3 +327,32 @@ def test_find_reads_the_value_the_engine_would() -> None:
     (hit,) = find(["--tensor_parallel_size=4"], [TP], underscores=True)
     assert hit.value == "4"
     assert find(["--tensor_parallel_size=4"], [TP]) == []
+
+
+# -- expert parallelism (api.expert_parallel) -----------------------------------------------
+
+MIXTRAL = {
+    "name": "mistralai/Mixtral-8x7B-v0.1",
+    "parameters": "46.7B",
+    "architecture": {"numLayers": 32, "numAttentionHeads": 32, "numKeyValueHeads": 8},
+}
+
+
+def test_vllm_expert_parallelism_is_tensor_wide() -> None:
+    s = spec("vllm", tensor=4, model=MIXTRAL, parallelism={"expert": 4})
+    assert problems(s) == []
+    assert all("--enable-expert-parallel" in argv for argv in argvs(s))
+    narrower = spec("vllm", tensor=4, model=MIXTRAL, parallelism={"expert": 2})
+    (message,) = messages(narrower, ENGINE_SETTING_UNSUPPORTED)
+    assert "EP = TP" in message
+
+
+def test_sglang_expert_parallelism_is_its_ep_size() -> None:
+    s = spec("sglang", tensor=4, model=MIXTRAL, parallelism={"expert": 2})
+    assert problems(s) == []
+    assert all(value(argv, "--ep-size") == "2" for argv in argvs(s))
+    clash = spec(
+        "sglang", tensor=4, model=MIXTRAL, parallelism={"expert": 2}, engine={"args": ["--ep", "4"]}
+    )
+    (message,) = messages(clash, ENGINE_ARGUMENT_CONFLICT)
+    assert "contradicts parallelism.expert: the operator renders '--ep-size 2'" in message
