@@ -60,7 +60,8 @@ clean:
 
 # -- install: chart, manifests, images, end-to-end (docs/install.md) --------------------------
 
-SHELL_SCRIPTS := .ci/run examples/demo.sh $(wildcard e2e/kind/*.sh)
+SHELL_SCRIPTS := .ci/run examples/demo.sh $(wildcard e2e/kind/*.sh) e2e/kind/runc-caps \
+	e2e/kind/node/files/kind/bin/paraserve-cni.sh
 
 # helm comes from the local cluster's build, so this also builds the cluster binaries.
 lint-charts: cluster-binaries

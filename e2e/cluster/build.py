@@ -31,6 +31,11 @@ def _fingerprint(component: Component) -> str:
     for name in ("go.mod", "go.sum"):
         digest.update((component.module_dir / name).read_bytes())
     digest.update("\n".join(component.ldflags).encode())
+    # A wrapper with sources of its own (e2e/kind's), tags or cgo: those count too.
+    for source in sorted(component.module_dir.glob("*.go")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    if component.tags or component.cgo:
+        digest.update(f"tags={','.join(component.tags)} cgo={component.cgo}".encode())
     return digest.hexdigest()[:10]
 
 
@@ -81,10 +86,12 @@ def missing() -> list[str]:
     return [name for name, path in binaries().items() if not path.is_file()]
 
 
-def _go_env() -> dict[str, str]:
+def _go_env(component: Component | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # -p 2: this machine has two cores and other jobs; the pinned go.sum must not change.
     env["GOFLAGS"] = (env.get("GOFLAGS", "") + " -mod=readonly -p=2").strip()
+    if component is not None and component.cgo:
+        env["CGO_ENABLED"] = "1"
     env.setdefault("CGO_ENABLED", "0")
     return env
 
@@ -121,12 +128,13 @@ def _go_build(component: Component, binary: str, output: Path) -> None:
             "build",
             "-trimpath",
             f"-ldflags={ldflags}",
+            *([f"-tags={','.join(component.tags)}"] if component.tags else []),
             "-o",
             str(output),
             component.binaries[binary],
         ],
         cwd=component.module_dir,
-        env=_go_env(),
+        env=_go_env(component),
         check=True,
     )
 
@@ -144,15 +152,25 @@ def _copy_kwok_stages() -> None:
     partial.rename(target)
 
 
-def build_component(component: Component, log: bool = True) -> Path:
-    """Build the binaries of one component that are not there yet into its cache directory."""
+def _so_far(since: float | None) -> str:
+    if since is None:
+        return ""
+    elapsed = int(time.monotonic() - since)
+    return f" ({elapsed // 60}m{elapsed % 60:02d}s so far)"
+
+
+def build_component(component: Component, log: bool = True, since: float | None = None) -> Path:
+    """Build the binaries of one component that are not there yet into its cache directory.
+
+    `since`: when the whole build began, for the "so far" of each progress line.
+    """
     target = component_dir(component)
     target.mkdir(parents=True, exist_ok=True)
     for binary in _to_build(component):
         started = time.monotonic()
         if log:
             print(
-                f"building {binary} ({component.module} {component.version})",
+                f"building {binary} ({component.module} {component.version}){_so_far(since)}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -164,7 +182,9 @@ def build_component(component: Component, log: bool = True) -> Path:
             partial.unlink(missing_ok=True)
         if log:
             print(
-                f"built {binary} in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True
+                f"built {binary} in {time.monotonic() - started:.0f}s{_so_far(since)}",
+                file=sys.stderr,
+                flush=True,
             )
     if component is KWOK and not _stages_present():
         _copy_kwok_stages()
@@ -172,7 +192,7 @@ def build_component(component: Component, log: bool = True) -> Path:
 
 
 @contextlib.contextmanager
-def _build_lock() -> Iterator[None]:
+def build_lock() -> Iterator[None]:
     # Two test runs starting on a cold cache build once, not twice on two cores.
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -189,10 +209,10 @@ def build_all() -> None:
     started = time.monotonic()
     if missing() and shutil.which("go") is None:
         sys.exit("`go` is not on the PATH: the cluster binaries are built from Go modules")
-    with _build_lock():
+    with build_lock():
         for component in COMPONENTS:
             if _to_build(component) or (component is KWOK and not _stages_present()):
-                build_component(component)
+                build_component(component, since=started)
     if absent := missing():
         sys.exit(f"missing binaries after build: {absent}")
     print(

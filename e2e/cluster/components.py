@@ -55,10 +55,20 @@ class Component:
     ldflags: list[str] = field(default_factory=list)
     # envtest variable that points at a ready binary, per binary
     envtest_vars: dict[str, str] = field(default_factory=dict)
+    # Where its wrapper module's folder is (e2e/kind keeps its own).
+    go_dir: Path = GO_DIR
+    # Build tags, and cgo for the binaries that link a C library (runc: libseccomp).
+    tags: tuple[str, ...] = ()
+    cgo: bool = False
 
     @property
     def module_dir(self) -> Path:
-        return GO_DIR / self.name
+        return self.go_dir / self.name
+
+    @property
+    def wrapper_module(self) -> str:
+        """The wrapper's own module path: paraserve.dev/e2e/cluster/NAME, …/e2e/kind/NAME."""
+        return f"paraserve.dev/e2e/{self.go_dir.parent.name}/{self.name}"
 
     @property
     def cache_key(self) -> str:

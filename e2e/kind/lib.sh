@@ -3,6 +3,28 @@
 # paraserve's two images built and loaded into it, and the chart installed.
 
 KIND_CLUSTER="${KIND_CLUSTER:-paraserve}"
+# Everything built for kind (node image, images, the engine's data) is cached here, outside the
+# repository, next to the local control plane's binaries; state of a running set-up too.
+KIND_CACHE="${PARASERVE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/paraserve}/kind"
+KIND_STATE="${KIND_CACHE}/state"
+mkdir -p "${KIND_STATE}"
+# One clock for the whole set-up, shared by the scripts it runs.
+export KIND_T0_EPOCH="${KIND_T0_EPOCH:-$(date +%s)}"
+
+# kind_step WHAT: one progress line with the time since the set-up began.
+kind_step() {
+    local elapsed=$(($(date +%s) - KIND_T0_EPOCH))
+    printf '[kind %2dm%02ds] %s\n' $((elapsed / 60)) $((elapsed % 60)) "$*" >&2
+}
+
+kind_say() {
+    printf '             %s\n' "$*" >&2
+}
+
+kind_fail() {
+    kind_step "FAILED: $*"
+    exit 1
+}
 IMAGE_TAG="${IMAGE_TAG:-dev}"
 OPERATOR_IMAGE="ghcr.io/paraserve/operator:${IMAGE_TAG}"
 WORKER_REPOSITORY="ghcr.io/paraserve/worker"
