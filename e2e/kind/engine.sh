@@ -94,6 +94,8 @@ save_host() {
         fi
     done
     ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 >"${saved}.partial/links"
+    # kind bind-mounts /lib/modules into its nodes; the engine makes the folder if it is absent.
+    [[ -e /lib/modules ]] || touch "${saved}.partial/no-lib-modules"
     mv "${saved}.partial" "${saved}"
 }
 
@@ -138,6 +140,9 @@ restore_host() {
             ip link delete "${link}" 2>/dev/null || true
         fi
     done
+    if [[ -f "${saved}/no-lib-modules" ]]; then
+        rmdir /lib/modules 2>/dev/null || true
+    fi
     rm -rf "${saved}"
 }
 

@@ -1,14 +1,22 @@
 # shellcheck shell=bash
-# Functions shared by e2e/kind/up.sh and examples/demo.sh: a kind cluster with fake GPUs,
-# paraserve's two images built and loaded into it, and the chart installed.
+# Functions shared by e2e/kind/*.sh and examples/demo.sh: a Docker engine, the node image built
+# offline, a kind cluster with fake GPUs, paraserve's two images built and loaded into it, and
+# the chart installed.
 
 KIND_CLUSTER="${KIND_CLUSTER:-paraserve}"
+IMAGE_TAG="${IMAGE_TAG:-dev}"
+OPERATOR_IMAGE="ghcr.io/paraserve/operator:${IMAGE_TAG}"
+WORKER_REPOSITORY="ghcr.io/paraserve/worker"
+WORKER_IMAGE="${WORKER_REPOSITORY}:${IMAGE_TAG}"
 # Everything built for kind (node image, images, the engine's data) is cached here, outside the
 # repository, next to the local control plane's binaries; state of a running set-up too.
 KIND_CACHE="${PARASERVE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/paraserve}/kind"
 KIND_STATE="${KIND_CACHE}/state"
+KIND_KUBECONFIG="${KIND_STATE}/kubeconfig"
+# One lock for a kind cluster's whole life: one cluster at a time on this machine.
+KIND_LOCK="${KIND_LOCK:-/tmp/paraserve-kind.lock}"
 mkdir -p "${KIND_STATE}"
-# One clock for the whole set-up, shared by the scripts it runs.
+# One clock for the whole set-up, shared by the scripts and Python it runs.
 export KIND_T0_EPOCH="${KIND_T0_EPOCH:-$(date +%s)}"
 
 # kind_step WHAT: one progress line with the time since the set-up began.
@@ -25,62 +33,105 @@ kind_fail() {
     kind_step "FAILED: $*"
     exit 1
 }
-IMAGE_TAG="${IMAGE_TAG:-dev}"
-OPERATOR_IMAGE="ghcr.io/paraserve/operator:${IMAGE_TAG}"
-WORKER_REPOSITORY="ghcr.io/paraserve/worker"
-WORKER_IMAGE="${WORKER_REPOSITORY}:${IMAGE_TAG}"
-# GPU feature discovery's labels of an A100 80 GB (memory in MiB, as nvidia-smi reports it).
-GPU_PRODUCT="NVIDIA-A100-SXM4-80GB"
-GPU_MEMORY_MIB=81920
 
 kind_lib_repo() {
     cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd
 }
 
-kind_available() {
-    command -v kind >/dev/null 2>&1 && command -v docker >/dev/null 2>&1 \
-        && docker info >/dev/null 2>&1
-}
-
-# kind_create_cluster KUBECONFIG_PATH: create the cluster (or reuse it) and write its kubeconfig.
-kind_create_cluster() {
-    local kubeconfig="$1" repo
-    repo="$(kind_lib_repo)"
-    if ! kind get clusters 2>/dev/null | grep -qx "${KIND_CLUSTER}"; then
-        kind create cluster --name "${KIND_CLUSTER}" --config "${repo}/e2e/kind/cluster.yaml" \
-            --kubeconfig "${kubeconfig}" --wait 120s
-    else
-        kind get kubeconfig --name "${KIND_CLUSTER}" >"${kubeconfig}"
-    fi
-}
-
-# kind_load_images: build the operator and worker images and load them into every node.
-kind_load_images() {
+# kind_python ARGS…: the project's Python with the repository importable (e2e.kind, e2e.cluster).
+kind_python() {
     local repo
     repo="$(kind_lib_repo)"
-    docker build -f "${repo}/operator/Dockerfile" -t "${OPERATOR_IMAGE}" "${repo}"
-    docker build -f "${repo}/images/worker.Dockerfile" -t "${WORKER_IMAGE}" "${repo}"
-    kind load docker-image --name "${KIND_CLUSTER}" "${OPERATOR_IMAGE}" "${WORKER_IMAGE}"
+    PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}" python "$@"
 }
 
-# kind_fake_gpus NODE COUNT [POOL]: advertise COUNT nvidia.com/gpu on NODE, as the NVIDIA device
-# plugin and GPU feature discovery would. kubelet keeps an extended resource it does not manage
-# and recomputes allocatable from capacity; both are set so that nothing waits for it.
-kind_fake_gpus() {
-    local node="$1" count="$2" pool="${3:-}" gpus
-    gpus="{\"nvidia.com/gpu\":\"${count}\"}"
-    kubectl patch node "${node}" --subresource=status --type=merge \
-        -p "{\"status\":{\"capacity\":${gpus},\"allocatable\":${gpus}}}"
-    kubectl label node "${node}" --overwrite \
-        nvidia.com/gpu.present=true \
-        "nvidia.com/gpu.product=${GPU_PRODUCT}" \
-        "nvidia.com/gpu.memory=${GPU_MEMORY_MIB}" \
-        "nvidia.com/gpu.count=${count}"
-    if [[ -n "${pool}" ]]; then
-        kubectl label node "${node}" --overwrite "paraserve.dev/pool=${pool}"
+# kind_tools: kind (built from its Go module), kubectl and helm (the local control plane's) on
+# the PATH, through a folder of links in the cache.
+kind_tools() {
+    local bin="${KIND_CACHE}/bin" name path
+    mkdir -p "${bin}"
+    for name in kind kubectl helm; do
+        path="$(kind_python -m e2e.kind binary "${name}")"
+        [[ -x "${path}" ]] || return 1
+        ln -sfn "${path}" "${bin}/${name}"
+    done
+    case ":${PATH}:" in *":${bin}:"*) ;; *) export PATH="${bin}:${PATH}" ;; esac
+}
+
+# kind_available: why kind cannot run here (one line on stdout, exit 1), or exit 0.
+kind_available() {
+    if docker info >/dev/null 2>&1; then
+        return 0
     fi
-    kubectl wait node "${node}" --timeout=60s \
-        --for="jsonpath={.status.allocatable.nvidia\.com/gpu}=${count}"
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "no Docker engine runs and this user cannot start one (not root)"
+        return 1
+    fi
+    if ! command -v dockerd >/dev/null && ! command -v apt-get >/dev/null; then
+        echo "no Docker engine, and no apt-get to install one"
+        return 1
+    fi
+    if [[ ! -d /sys/fs/cgroup ]] || ! grep -q '^cgroup' /proc/mounts; then
+        echo "no cgroup file system: containers cannot run here"
+        return 1
+    fi
+    return 0
+}
+
+kind_cluster_exists() {
+    kind get clusters 2>/dev/null | grep -qx "${KIND_CLUSTER}"
+}
+
+# kind_create_cluster NODE_IMAGE: create the cluster (or reuse it) and write its kubeconfig.
+kind_create_cluster() {
+    local image="$1" repo
+    repo="$(kind_lib_repo)"
+    if kind_cluster_exists; then
+        kind_step "cluster ${KIND_CLUSTER}: reusing it"
+        kind get kubeconfig --name "${KIND_CLUSTER}" >"${KIND_KUBECONFIG}"
+        return 0
+    fi
+    kind_step "cluster ${KIND_CLUSTER}: kind create cluster (control plane + 2 workers, ${image})"
+    kind create cluster --name "${KIND_CLUSTER}" --config "${repo}/e2e/kind/cluster.yaml" \
+        --image "${image}" --kubeconfig "${KIND_KUBECONFIG}" --wait 0s \
+        >"${KIND_STATE}/create.log" 2>&1 \
+        || { tail -30 "${KIND_STATE}/create.log" >&2; kind_fail "kind create cluster"; }
+    kind_step "cluster ${KIND_CLUSTER}: nodes joined; waiting for them to be Ready"
+}
+
+# kind_wait_ready: every node Ready (the pod network is up), CoreDNS running, and each worker
+# advertising its fake GPUs.
+kind_wait_ready() {
+    kubectl wait node --all --for=condition=Ready --timeout=180s >/dev/null \
+        || kind_fail "nodes not Ready: $(kubectl get nodes --no-headers 2>&1 | tr '\n' ';')"
+    kubectl -n kube-system rollout status deployment/coredns --timeout=180s >/dev/null \
+        || kind_fail "CoreDNS is not running"
+    local node
+    while read -r node; do
+        kubectl wait node "${node}" --timeout=120s \
+            --for='jsonpath={.status.allocatable.nvidia\.com/gpu}=4' >/dev/null \
+            || kind_fail "${node} does not advertise 4 nvidia.com/gpu"
+    done < <(kind_workers)
+    kind_step "cluster ${KIND_CLUSTER}: 3 nodes Ready, CoreDNS up, 2 workers × 4 nvidia.com/gpu"
+}
+
+# kind_build_images: the operator and worker images from their own Dockerfiles, on a locally
+# made Python base (e2e/kind/images.sh); the Docker layer cache makes a warm build quick.
+kind_build_images() {
+    local repo
+    repo="$(kind_lib_repo)"
+    bash "${repo}/e2e/kind/images.sh" "${OPERATOR_IMAGE}" "${WORKER_IMAGE}"
+}
+
+# kind_load_images: both images into the workers (the control plane runs no paraserve pod).
+kind_load_images() {
+    local nodes
+    nodes="$(kind_workers | paste -sd, -)"
+    kind_step "kind load ${OPERATOR_IMAGE} ${WORKER_IMAGE} (into ${nodes})"
+    kind load docker-image --name "${KIND_CLUSTER}" --nodes "${nodes}" \
+        "${OPERATOR_IMAGE}" "${WORKER_IMAGE}" >"${KIND_STATE}/load.log" 2>&1 \
+        || { tail -20 "${KIND_STATE}/load.log" >&2; kind_fail "kind load"; }
+    kind_step "images loaded"
 }
 
 # kind_workers: the worker nodes' names, one a line.
@@ -90,16 +141,25 @@ kind_workers() {
 }
 
 # kind_install_chart NAMESPACE [HELM_ARGS…]: the chart with the images just loaded, the
-# webhook on (self-managed), in a namespace that enforces Pod Security `restricted`.
+# webhook on (self-managed, through its Service), in a namespace that enforces Pod Security
+# `restricted`.
 kind_install_chart() {
     local namespace="$1" repo
     shift
     repo="$(kind_lib_repo)"
-    kubectl create namespace "${namespace}" --dry-run=client -o yaml | kubectl apply -f -
+    kind_step "helm install paraserve into ${namespace} (webhook on, leader election on)"
+    kubectl create namespace "${namespace}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
     kubectl label namespace "${namespace}" --overwrite \
-        pod-security.kubernetes.io/enforce=restricted
+        pod-security.kubernetes.io/enforce=restricted >/dev/null
     helm upgrade --install paraserve "${repo}/charts/paraserve" --namespace "${namespace}" \
         --set "image.tag=${IMAGE_TAG}" \
         --set "workerImage.repository=${WORKER_REPOSITORY}" --set "workerImage.tag=${IMAGE_TAG}" \
-        --set webhook.enabled=true "$@" --wait --timeout 5m
+        --set webhook.enabled=true "$@" --wait --timeout 5m >"${KIND_STATE}/helm.log" 2>&1 \
+        || { tail -20 "${KIND_STATE}/helm.log" >&2
+             kubectl -n "${namespace}" get pods -o wide >&2
+             kind_fail "helm install"; }
+    kubectl wait validatingwebhookconfiguration paraserve.dev --for=create --timeout=90s \
+        >/dev/null 2>&1 || kind_fail "the operator did not register its webhook"
+    kind_step "paraserve installed: $(kubectl -n "${namespace}" get pods -l \
+        app.kubernetes.io/name=paraserve -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase} on {.spec.nodeName}{end}')"
 }

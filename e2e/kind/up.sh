@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The end-to-end suite on kind: a control plane and two workers with 4 fake GPUs each, both
-# images built and loaded, the chart installed, then `pytest e2e/tests` against it.
+# The end-to-end suite on kind: a Docker engine (made to run where none does), the node image
+# assembled offline, a control plane and two workers with 4 fake GPUs each, both images built
+# and loaded, the chart installed, then `pytest e2e/tests` against it.
 #
-#   bash e2e/kind/up.sh            # create (or reuse) the cluster, install, run the suite
+#   bash e2e/kind/up.sh            # create (or reuse) all of it, install, run the suite
 #   bash e2e/kind/up.sh --no-suite # … and stop before the suite
-#   bash e2e/kind/down.sh          # delete the cluster
+#   bash e2e/kind/down.sh          # delete the cluster, stop the engine, restore the host
+#   bash e2e/kind/e2e.sh           # up, suite, down, under the one-cluster lock (make e2e-kind)
 #
-# Needs docker, kind, kubectl and helm on the PATH, and the project's venv (make e2e-kind).
+# Needs root (or a running engine), go, gcc and the project's venv on the PATH (make e2e-kind).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,25 +23,36 @@ for arg in "$@"; do
         *) echo "usage: $0 [--no-suite]" >&2; exit 2 ;;
     esac
 done
+command -v python >/dev/null || { echo "up.sh: python is not on the PATH" >&2; exit 1; }
+if ! why="$(kind_available)"; then
+    kind_fail "kind cannot run here: ${why}"
+fi
+cd "${repo}"
 
-for tool in docker kind kubectl helm python; do
-    command -v "${tool}" >/dev/null || { echo "up.sh: ${tool} is not on the PATH" >&2; exit 1; }
-done
+bash "${here}/engine.sh" up
+kind_step "cluster binaries (kubectl, helm, the control plane's images)"
+kind_python -m e2e.cluster build 2>&1 | sed 's/^/             /' >&2
+node_image="$(kind_python -m e2e.kind node-image)"
+kind_tools || kind_fail "kind, kubectl or helm missing after the build"
+kind_build_images
+# From here on a run is warm: `make test` runs kind (e2e/kind/if-warm.sh).
+echo "${node_image}" >"${KIND_CACHE}/warm"
 
-state="${XDG_CACHE_HOME:-${HOME}/.cache}/paraserve/kind"
-mkdir -p "${state}"
-export KUBECONFIG="${KUBECONFIG_KIND:-${state}/kubeconfig}"
-kind_create_cluster "${KUBECONFIG}"
+export KUBECONFIG="${KIND_KUBECONFIG}"
+kind_create_cluster "${node_image}"
+kind_wait_ready
 kind_load_images
-while read -r node; do
-    kind_fake_gpus "${node}" 4
-done < <(kind_workers)
 # Fast measurement, so the suite does not wait minutes for status.measured.
 kind_install_chart paraserve-system \
-    --set-json 'operator.extraEnv=[{"name":"PARASERVE_MEASURE_INTERVAL","value":"2"},{"name":"PARASERVE_MEASURE_WINDOW","value":"10"}]'
+    --set-json 'operator.extraEnv=[{"name":"PARASERVE_MEASURE_INTERVAL","value":"2"},{"name":"PARASERVE_MEASURE_WINDOW","value":"10"},{"name":"PARASERVE_MEASURE_TIMEOUT","value":"2"},{"name":"PARASERVE_MEASURE_REFRESH","value":"30"}]'
 
-echo "kind cluster ${KIND_CLUSTER} is ready: export KUBECONFIG=${KUBECONFIG}"
+kind_step "kind cluster ${KIND_CLUSTER} is ready: export KUBECONFIG=${KUBECONFIG}"
+kind_say "cached: node binaries and pause in $(kind_python -c 'from e2e.cluster.build import cache_root; print(cache_root())')/bin,"
+kind_say "        images (node ${node_image}, operator, worker, bases) in the engine's ${KIND_CACHE}/docker"
 if [[ "${run_suite}" == 1 ]]; then
-    cd "${repo}"
-    PARASERVE_E2E_CLUSTER=kind python -m pytest e2e/tests -q
+    kind_step "pytest e2e/tests (PARASERVE_E2E_CLUSTER=kind)"
+    status=0
+    PARASERVE_E2E_CLUSTER=kind python -m pytest e2e/tests -q -p no:cacheprovider || status=$?
+    kind_step "suite finished (exit ${status})"
+    exit "${status}"
 fi
