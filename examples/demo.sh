@@ -6,7 +6,7 @@
 #   make demo          # runs this with the project's venv on the PATH
 #   make demo-down     # stops everything it started (or: bash examples/demo.sh down)
 #
-# The cluster is kind (when Docker and kind are installed) or else the local control plane built
+# The cluster is kind (where a Docker engine can run and kind's cache is warm: make e2e-kind) or else the local control plane built
 # from Go modules (python -m e2e.cluster up), with kwok GPU nodes. The local control plane runs no
 # containers: the operator runs as a local process there, authenticated as the ServiceAccount the
 # Helm chart created, and the tiny model's ranks run as local `paraserve worker` processes
@@ -64,7 +64,7 @@ down() {
     if [[ "$(cat "${state}/mode" 2>/dev/null)" == kind ]]; then
         # shellcheck source=e2e/kind/lib.sh
         source "${repo}/e2e/kind/lib.sh"
-        kind delete cluster --name "${KIND_CLUSTER}" || true
+        bash "${repo}/e2e/kind/down.sh" || true
     else
         python -m e2e.cluster down
     fi
@@ -83,7 +83,8 @@ fi
 source "${repo}/e2e/kind/lib.sh"
 mode="${DEMO_CLUSTER:-}"
 if [[ -z "${mode}" ]]; then
-    if kind_available; then mode=kind; else mode=local; fi
+    # kind when a Docker engine can run here and kind's cache is warm (a cold one takes long).
+    if kind_available >/dev/null && [[ -f "${KIND_CACHE}/warm" ]]; then mode=kind; else mode=local; fi
 fi
 echo "${mode}" >"${state}/mode"
 # A demo run again starts clean: its earlier background processes go.
@@ -91,16 +92,13 @@ stop_pidfile "${state}/rankrunner.pid"
 stop_pidfile "${state}/operator.pid"
 
 if [[ "${mode}" == kind ]]; then
-    step "A kind cluster (Docker and kind are here): a control plane and two workers"
-    export KUBECONFIG="${state}/kind-kubeconfig"
-    kind_create_cluster "${KUBECONFIG}"
+    step "A kind cluster (a Docker engine runs here): a control plane and two workers"
+    kind_bring_up
     workers=()
     while read -r node; do workers+=("${node}"); done < <(kind_workers)
     step "Fake GPUs: ${workers[0]} becomes pool a100-80g (8 × A100 80 GB), ${workers[1]} pool tiny (4)"
     kind_fake_gpus "${workers[0]}" 8 a100-80g
     kind_fake_gpus "${workers[1]}" 4 tiny
-    step "Build both images and load them into kind"
-    kind_load_images
     step "Install the CRD and the operator with Helm (webhook on)"
     kind_install_chart "${OPERATOR_NS}" \
         --set-json 'operator.extraEnv=[{"name":"PARASERVE_MEASURE_INTERVAL","value":"2"},{"name":"PARASERVE_MEASURE_WINDOW","value":"10"}]'

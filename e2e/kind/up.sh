@@ -29,26 +29,14 @@ if ! why="$(kind_available)"; then
 fi
 cd "${repo}"
 
-bash "${here}/engine.sh" up
-kind_step "cluster binaries (kubectl, helm, the control plane's images)"
-kind_python -m e2e.cluster build 2>&1 | sed 's/^/             /' >&2
-node_image="$(kind_python -m e2e.kind node-image)"
-kind_tools || kind_fail "kind, kubectl or helm missing after the build"
-kind_build_images
-# From here on a run is warm: `make test` runs kind (e2e/kind/if-warm.sh).
-echo "${node_image}" >"${KIND_CACHE}/warm"
-
-export KUBECONFIG="${KIND_KUBECONFIG}"
-kind_create_cluster "${node_image}"
-kind_wait_ready
-kind_load_images
+kind_bring_up
 # Fast measurement, so the suite does not wait minutes for status.measured.
 kind_install_chart paraserve-system \
     --set-json 'operator.extraEnv=[{"name":"PARASERVE_MEASURE_INTERVAL","value":"2"},{"name":"PARASERVE_MEASURE_WINDOW","value":"10"},{"name":"PARASERVE_MEASURE_TIMEOUT","value":"2"},{"name":"PARASERVE_MEASURE_REFRESH","value":"30"}]'
 
 kind_step "kind cluster ${KIND_CLUSTER} is ready: export KUBECONFIG=${KUBECONFIG}"
 kind_say "cached: node binaries and pause in $(kind_python -c 'from e2e.cluster.build import cache_root; print(cache_root())')/bin,"
-kind_say "        images (node ${node_image}, operator, worker, bases) in the engine's ${KIND_CACHE}/docker"
+kind_say "        images (node $(cat "${KIND_CACHE}/warm"), operator, worker, bases) in ${KIND_CACHE}/docker"
 if [[ "${run_suite}" == 1 ]]; then
     kind_step "pytest e2e/tests (PARASERVE_E2E_CLUSTER=kind)"
     status=0

@@ -5,8 +5,9 @@
 // restarts because the plugin registers again whenever kubelet recreates its socket.
 //
 // The count is the node's nvidia.com/gpu.count label (GPU feature discovery's), read from the
-// --node-labels that kubeadm wrote for kubelet; -count overrides it. A node without the label
-// advertises nothing.
+// --node-labels that kubeadm wrote for kubelet; a number in -count-file (written on the node
+// later, e2e/kind/lib.sh kind_fake_gpus) or -count overrides it. A node without either
+// advertises nothing. The count is read again every few seconds.
 package main
 
 import (
@@ -30,7 +31,8 @@ import (
 
 var (
 	resource     = flag.String("resource", "nvidia.com/gpu", "extended resource to advertise")
-	count        = flag.Int("count", -1, "devices to advertise (-1: the node's count label)")
+	count        = flag.Int("count", -1, "devices to advertise (-1: the count file, else the node's count label)")
+	countFile    = flag.String("count-file", "/etc/paraserve/fake-gpus", "file that holds the count, if any")
 	label        = flag.String("label", "nvidia.com/gpu.count", "node label that holds the count")
 	kubeletFlags = flag.String("kubelet-flags", "/var/lib/kubelet/kubeadm-flags.env",
 		"kubelet's flags as kubeadm wrote them (where --node-labels is)")
@@ -80,6 +82,11 @@ func (p *plugin) PreStartContainer(context.Context, *pluginapi.PreStartContainer
 func wanted() int {
 	if *count >= 0 {
 		return *count
+	}
+	if data, err := os.ReadFile(*countFile); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil {
+			return n
+		}
 	}
 	data, err := os.ReadFile(*kubeletFlags)
 	if err != nil {
