@@ -38,16 +38,40 @@ else
     rm -rf "${context}"
 fi
 
-# build_image TAG DOCKERFILE ARGS…
+# inputs DOCKERFILE ARGS…: a fingerprint of what an image is built from (the Dockerfile, the
+# files its context sends, the base image, the build arguments).
+inputs() {
+    local dockerfile="$1"
+    shift
+    {
+        echo "$*"
+        docker image inspect -f '{{.Id}}' "${base}"
+        cd "${repo}" && find "${dockerfile}" pyproject.toml README.md operator/paraserve -type f \
+            ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
+    } | sha256sum | cut -c1-16
+}
+
+# build_image TAG DOCKERFILE ARGS…: build unless the image of these inputs is there. The build
+# stage is tagged TAG-build, so its layers (torch, for the worker) stay cached when the project's
+# sources change, and pruning untagged images removes only images that were replaced.
 build_image() {
-    local tag="$1" dockerfile="$2" log
+    local tag="$1" dockerfile="$2" log fingerprint
     shift 2
     log="${KIND_STATE}/build-$(basename "${dockerfile}").log"
+    fingerprint="$(inputs "${dockerfile}" "$@")"
+    if [[ "$(docker image inspect -f '{{index .Config.Labels "dev.paraserve.inputs"}}' "${tag}" \
+        2>/dev/null)" == "${fingerprint}" ]]; then
+        kind_step "image ${tag}: reusing it (inputs unchanged)"
+        return 0
+    fi
     kind_step "image ${tag}: docker build -f ${dockerfile} (PYTHON_IMAGE=${base})"
-    docker build --network=host --build-arg "PYTHON_IMAGE=${base}" "$@" \
-        -f "${repo}/${dockerfile}" -t "${tag}" "${repo}" >"${log}" 2>&1 \
+    local args=(--network=host --build-arg "PYTHON_IMAGE=${base}" "$@" -f "${repo}/${dockerfile}")
+    { docker build "${args[@]}" --target build -t "${tag}-build" "${repo}" \
+        && docker build "${args[@]}" --label "dev.paraserve.inputs=${fingerprint}" -t "${tag}" \
+            "${repo}"; } >"${log}" 2>&1 \
         || { tail -30 "${log}" >&2; kind_fail "building ${tag} (log: ${log})"; }
-    kind_step "image ${tag}: $(docker image inspect -f '{{.Size}}' "${tag}" \
+    docker image prune -f >/dev/null
+    kind_step "image ${tag}: built, $(docker image inspect -f '{{.Size}}' "${tag}" \
         | awk '{printf "%.0f MB", $1 / 1e6}')"
 }
 
