@@ -7,10 +7,10 @@
 #   make demo-down     # stops everything it started (or: bash examples/demo.sh down)
 #
 # The cluster is kind (where a Docker engine can run and kind's cache is warm) or else the local
-# control plane built from Go modules (python -m e2e.cluster up), with kwok GPU nodes. The local control plane runs no
-# containers: the operator runs as a local process there, authenticated as the ServiceAccount the
-# Helm chart created, and the tiny model's ranks run as local `paraserve worker` processes
-# (e2e/rankrunner.py). DEMO_CLUSTER=local|kind picks one.
+# control plane built from Go modules (python -m e2e.cluster up), with kwok GPU nodes. The local
+# control plane runs no containers: the operator runs as a local process there, authenticated as
+# the ServiceAccount the Helm chart created, and the tiny model's ranks run as local `paraserve
+# worker` processes (e2e/rankrunner.py). DEMO_CLUSTER=local|kind picks one.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
