@@ -96,6 +96,8 @@ kind_create_cluster() {
         --image "${image}" --kubeconfig "${KIND_KUBECONFIG}" --wait 0s \
         >"${KIND_STATE}/create.log" 2>&1 \
         || { tail -30 "${KIND_STATE}/create.log" >&2; kind_fail "kind create cluster"; }
+    kubectl --kubeconfig="${KIND_KUBECONFIG}" apply -f "${repo}/e2e/kind/pod-network-rbac.yaml" \
+        >/dev/null
     kind_step "cluster ${KIND_CLUSTER}: nodes joined; waiting for them to be Ready"
 }
 
@@ -123,52 +125,42 @@ kind_build_images() {
     bash "${repo}/e2e/kind/images.sh" "${OPERATOR_IMAGE}" "${WORKER_IMAGE}"
 }
 
-# kind_load_images: both images into the workers (the control plane runs no paraserve pod).
+# kind_load_images: both images into the workers (the control plane runs no paraserve pod),
+# with `kind load`. kind load keeps an image twice in each node (its layers and their unpacked
+# snapshot) and once more in a temporary archive: for the worker image (torch) that can be
+# more disk than the host has free, so then it is streamed into each node's containerd instead
+# (docker save | ctr import --discard-unpacked-layers), which keeps one unpacked copy per node.
 kind_load_images() {
-    local nodes
+    local nodes node size free
     nodes="$(kind_workers | paste -sd, -)"
-    kind_step "kind load ${OPERATOR_IMAGE} ${WORKER_IMAGE} (into ${nodes})"
-    kind load docker-image --name "${KIND_CLUSTER}" --nodes "${nodes}" \
-        "${OPERATOR_IMAGE}" "${WORKER_IMAGE}" >"${KIND_STATE}/load.log" 2>&1 \
-        || { tail -20 "${KIND_STATE}/load.log" >&2; kind_fail "kind load"; }
-    kind_step "images loaded"
-}
-
-# kind_bring_up: everything up to a cluster with both images loaded, KUBECONFIG exported: the
-# engine, the cluster binaries, the node image, the tools, the images, the cluster.
-kind_bring_up() {
-    local repo node_image
-    repo="$(kind_lib_repo)"
-    bash "${repo}/e2e/kind/engine.sh" up
-    kind_step "cluster binaries (kubectl, helm, the control plane's images)"
-    kind_python -m e2e.cluster build 2>&1 | sed 's/^/             /' >&2
-    node_image="$(kind_python -m e2e.kind node-image)" || kind_fail "the node image"
-    kind_tools || kind_fail "kind, kubectl or helm missing after the build"
-    kind_build_images
-    # From here on a run is warm: `make test` runs kind (e2e/kind/if-warm.sh).
-    echo "${node_image}" >"${KIND_CACHE}/warm"
-    export KUBECONFIG="${KIND_KUBECONFIG}"
-    kind_create_cluster "${node_image}"
-    kind_wait_ready
-    kind_load_images
-}
-
-# kind_fake_gpus NODE COUNT [POOL]: make NODE a COUNT-GPU node (the demo's pools): the node
-# image's device plugin stand-in advertises COUNT nvidia.com/gpu through kubelet, and the GPU
-# feature discovery labels follow.
-kind_fake_gpus() {
-    local node="$1" count="$2" pool="${3:-}"
-    docker exec "${node}" sh -c "mkdir -p /etc/paraserve && echo ${count} >/etc/paraserve/fake-gpus"
-    kubectl label node "${node}" --overwrite >/dev/null \
-        nvidia.com/gpu.present=true \
-        "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB" \
-        "nvidia.com/gpu.memory=81920" \
-        "nvidia.com/gpu.count=${count}"
-    if [[ -n "${pool}" ]]; then
-        kubectl label node "${node}" --overwrite "paraserve.dev/pool=${pool}" >/dev/null
+    kind_step "kind load ${OPERATOR_IMAGE} (into ${nodes})"
+    kind load docker-image --name "${KIND_CLUSTER}" --nodes "${nodes}" "${OPERATOR_IMAGE}" \
+        >"${KIND_STATE}/load.log" 2>&1 \
+        || { tail -20 "${KIND_STATE}/load.log" >&2; kind_fail "kind load ${OPERATOR_IMAGE}"; }
+    size=$(($(docker image inspect -f '{{.Size}}' "${WORKER_IMAGE}") / 1048576))
+    free=$(($(df -Pk "${KIND_CACHE}" | awk 'NR == 2 {print $4}') / 1024))
+    if ((free > size * 6 + 10240)); then
+        kind_step "kind load ${WORKER_IMAGE} (${size} MiB, into ${nodes})"
+        kind load docker-image --name "${KIND_CLUSTER}" --nodes "${nodes}" "${WORKER_IMAGE}" \
+            >>"${KIND_STATE}/load.log" 2>&1 \
+            || { tail -20 "${KIND_STATE}/load.log" >&2; kind_fail "kind load ${WORKER_IMAGE}"; }
+    else
+        local id
+        id="$(docker image inspect -f '{{.Id}}' "${WORKER_IMAGE}")"
+        for node in $(kind_workers); do
+            if docker exec "${node}" crictl images --no-trunc -q 2>/dev/null | grep -qx "${id}"; then
+                kind_say "${node} has ${WORKER_IMAGE} already"
+                continue
+            fi
+            kind_step "${WORKER_IMAGE} (${size} MiB) into ${node}: streamed, as ${free} MiB free" \
+                "is too little for kind load"
+            docker save "${WORKER_IMAGE}" | docker exec -i "${node}" ctr -n k8s.io images import \
+                --digests --snapshotter=overlayfs --discard-unpacked-layers - \
+                >>"${KIND_STATE}/load.log" 2>&1 \
+                || { tail -20 "${KIND_STATE}/load.log" >&2; kind_fail "loading ${WORKER_IMAGE}"; }
+        done
     fi
-    kubectl wait node "${node}" --timeout=60s \
-        --for="jsonpath={.status.allocatable.nvidia\.com/gpu}=${count}" >/dev/null
+    kind_step "images loaded"
 }
 
 # kind_workers: the worker nodes' names, one a line.
