@@ -155,7 +155,7 @@ kind_load_images() {
             kind_step "${WORKER_IMAGE} (${size} MiB) into ${node}: streamed, as ${free} MiB free" \
                 "is too little for kind load"
             docker save "${WORKER_IMAGE}" | docker exec -i "${node}" ctr -n k8s.io images import \
-                --digests --snapshotter=overlayfs --discard-unpacked-layers - \
+                --local --digests --snapshotter=overlayfs --discard-unpacked-layers - \
                 >>"${KIND_STATE}/load.log" 2>&1 \
                 || { tail -20 "${KIND_STATE}/load.log" >&2; kind_fail "loading ${WORKER_IMAGE}"; }
         done
