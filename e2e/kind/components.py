@@ -47,18 +47,19 @@ NODE = Component(
     go_dir=GO_DIR,
 )
 
+_CONTAINERD = "github.com/containerd/containerd/v2"
 CONTAINERD = Component(
     name="containerd",
-    module="github.com/containerd/containerd/v2",
+    module=_CONTAINERD,
     version=CONTAINERD_VERSION,
     binaries={
-        "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
-        "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
-        "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+        "containerd": f"{_CONTAINERD}/cmd/containerd",
+        "containerd-shim-runc-v2": f"{_CONTAINERD}/cmd/containerd-shim-runc-v2",
+        "ctr": f"{_CONTAINERD}/cmd/ctr",
     },
     ldflags=[
-        f"-X github.com/containerd/containerd/v2/version.Version={CONTAINERD_VERSION}",
-        "-X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2",
+        f"-X {_CONTAINERD}/version.Version={CONTAINERD_VERSION}",
+        f"-X {_CONTAINERD}/version.Package={_CONTAINERD}",
     ],
     # kind's own build tags: none of the optional snapshotters.
     tags=("no_aufs", "no_zfs", "no_btrfs", "no_devmapper"),

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from e2e.cluster import build as cluster_build
@@ -66,9 +66,7 @@ def docker(*args: str, input: bytes | None = None, quiet: bool = True) -> str:
 
 
 def image_exists(ref: str) -> bool:
-    return (
-        subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
-    )
+    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -147,7 +145,10 @@ def _name(ref: str) -> str:
 _IMAGE_BINARIES = {
     "kube-apiserver": ("kube-apiserver", "/usr/local/bin/kube-apiserver", None, False),
     "kube-controller-manager": (
-        "kube-controller-manager", "/usr/local/bin/kube-controller-manager", None, False,
+        "kube-controller-manager",
+        "/usr/local/bin/kube-controller-manager",
+        None,
+        False,
     ),
     "kube-scheduler": ("kube-scheduler", "/usr/local/bin/kube-scheduler", None, False),
     "kube-proxy": ("kube-proxy", "/usr/local/bin/kube-proxy", None, True),
@@ -212,10 +213,9 @@ def component_images(base: str) -> list[str]:
         local = f"{REGISTRY}/kind-images/{name}:{ref.rsplit(':', 1)[1]}-{_file_digest(binary)}"
         if not image_exists(local):
             step(f"image {ref} ({binary_name} {_version_of(binary_name)})")
+            parent = iptables_base(base) if iptables else base
             if name == "pause":
                 parent = "scratch"
-            else:
-                parent = iptables_base(base) if iptables else base
             lines = [f"FROM {parent}", f"COPY {binary_name} {target}"]
             if entrypoint:
                 lines.append(f"ENTRYPOINT {json.dumps(entrypoint)}")
@@ -387,5 +387,3 @@ def prune(keep: Iterable[str]) -> None:
         for ref in out.split():
             if ref not in keep and not ref.endswith(":<none>"):
                 subprocess.run(["docker", "rmi", ref], capture_output=True)
-
-
