@@ -57,6 +57,8 @@ install_engine() {
     local packages=()
     command -v dockerd >/dev/null || packages+=(docker.io)
     command -v jq >/dev/null || packages+=(jq)
+    # nft: down removes the iptables-nft tables the engine created where the host had none.
+    command -v nft >/dev/null || packages+=(nftables)
     ((${#packages[@]})) || return 0
     kind_step "installing ${packages[*]} with apt"
     if [[ "$(id -u)" != 0 ]]; then
@@ -209,6 +211,10 @@ down() {
         kind_say "no engine of ours is running"
     fi
     rm -f "${pidfile}" "${engine_dir}/dockerd.pidfile"
+    # The engine's runtime state (its exec root); its data root is the cache and stays.
+    if [[ -d "${saved}" ]] && ! pgrep -x dockerd >/dev/null; then
+        rm -rf /run/docker
+    fi
     # Mounts the engine can leave after a hard stop (overlays, netns files).
     local mount
     while read -r mount; do
