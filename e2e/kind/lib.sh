@@ -163,6 +163,43 @@ kind_load_images() {
     kind_step "images loaded"
 }
 
+# kind_bring_up: everything up to a cluster with both images loaded, KUBECONFIG exported: the
+# engine, the cluster binaries, the node image, the tools, the images, the cluster.
+kind_bring_up() {
+    local repo node_image
+    repo="$(kind_lib_repo)"
+    bash "${repo}/e2e/kind/engine.sh" up
+    kind_step "cluster binaries (kubectl, helm, the control plane's images)"
+    kind_python -m e2e.cluster build 2>&1 | sed 's/^/             /' >&2
+    node_image="$(kind_python -m e2e.kind node-image)" || kind_fail "the node image"
+    kind_tools || kind_fail "kind, kubectl or helm missing after the build"
+    kind_build_images
+    # From here on a run is warm: `make test` runs kind (e2e/kind/if-warm.sh).
+    echo "${node_image}" >"${KIND_CACHE}/warm"
+    export KUBECONFIG="${KIND_KUBECONFIG}"
+    kind_create_cluster "${node_image}"
+    kind_wait_ready
+    kind_load_images
+}
+
+# kind_fake_gpus NODE COUNT [POOL]: make NODE a COUNT-GPU node (the demo's pools): the node
+# image's device plugin stand-in advertises COUNT nvidia.com/gpu through kubelet, and the GPU
+# feature discovery labels follow.
+kind_fake_gpus() {
+    local node="$1" count="$2" pool="${3:-}"
+    docker exec "${node}" sh -c "mkdir -p /etc/paraserve && echo ${count} >/etc/paraserve/fake-gpus"
+    kubectl label node "${node}" --overwrite >/dev/null \
+        nvidia.com/gpu.present=true \
+        "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB" \
+        "nvidia.com/gpu.memory=81920" \
+        "nvidia.com/gpu.count=${count}"
+    if [[ -n "${pool}" ]]; then
+        kubectl label node "${node}" --overwrite "paraserve.dev/pool=${pool}" >/dev/null
+    fi
+    kubectl wait node "${node}" --timeout=60s \
+        --for="jsonpath={.status.allocatable.nvidia\.com/gpu}=${count}" >/dev/null
+}
+
 # kind_workers: the worker nodes' names, one a line.
 kind_workers() {
     kubectl get nodes -l '!node-role.kubernetes.io/control-plane' \

@@ -97,3 +97,11 @@ def test_make_test_says_why_when_it_skips_kind() -> None:
     assert re.search(r"^test:.*\be2e-kind-if-warm\b", makefile, re.M)
     skip_lines = re.findall(r'echo "kind e2e: skipped[^"]*"', (KIND / "if-warm.sh").read_text())
     assert len(skip_lines) >= 3, skip_lines
+
+
+def test_every_kind_function_the_scripts_call_is_defined() -> None:
+    lib = (KIND / "lib.sh").read_text()
+    defined = set(re.findall(r"^(kind_\w+)\(\)", lib, re.M))
+    for script in [*KIND.glob("*.sh"), ROOT / "examples" / "demo.sh"]:
+        called = set(re.findall(r"\b(kind_[a-z_]+)\b", script.read_text()))
+        assert called <= defined, f"{script.name} calls {sorted(called - defined)}"
