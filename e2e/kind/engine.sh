@@ -211,16 +211,16 @@ down() {
         kind_say "no engine of ours is running"
     fi
     rm -f "${pidfile}" "${engine_dir}/dockerd.pidfile"
-    # The engine's runtime state (its exec root); its data root is the cache and stays.
-    if [[ -d "${saved}" ]] && ! pgrep -x dockerd >/dev/null; then
-        rm -rf /run/docker
-    fi
     # Mounts the engine can leave after a hard stop (overlays, netns files).
     local mount
     while read -r mount; do
         umount -l "${mount}" 2>/dev/null || true
     done < <(awk -v a="${data_root}" -v b=/run/docker \
         'index($2, a) == 1 || index($2, b) == 1 {print $2}' /proc/mounts | sort -r)
+    # The engine's runtime state (its exec root); its data root is the cache and stays.
+    if [[ -d "${saved}" ]] && ! pgrep -x dockerd >/dev/null; then
+        rm -rf /run/docker || kind_say "could not remove /run/docker (still in use)"
+    fi
     if [[ -d "${saved}" ]]; then
         restore_host
         kind_step "restored the host's iptables rules and forwarding settings"
