@@ -40,20 +40,24 @@ def rank_of(pp_rank: int, tp_rank: int, tensor: int) -> int:
 
 def ranks(parallelism: Parallelism) -> tuple[Rank, ...]:
     """Every rank of one replica in rank order."""
-    return _ranks(parallelism.pipeline, parallelism.tensor, parallelism.sequence > 1)
+    expert_tensor = parallelism.expert_tensor if parallelism.expert > 1 else 0
+    return _ranks(parallelism.pipeline, parallelism.tensor, parallelism.sequence > 1, expert_tensor)
 
 
 # Pure and asked once per rank when a replica's pods are rendered: remembered, or a 1,024-rank
 # replica would build its 1,024 ranks 1,024 times.
 @lru_cache(maxsize=256)
-def _ranks(pipeline: int, tensor: int, sequence_parallel: bool) -> tuple[Rank, ...]:
+def _ranks(
+    pipeline: int, tensor: int, sequence_parallel: bool, expert_tensor: int
+) -> tuple[Rank, ...]:
+    """`expert_tensor`: TP ranks per EP rank (TP / EP), 0 without expert parallelism."""
     return tuple(
         Rank(
             rank=rank_of(pp, tp, tensor),
             pp_rank=pp,
             tp_rank=tp,
             sp_rank=tp if sequence_parallel else 0,
-            ep_rank=ep_rank_of(tp, parallelism),
+            ep_rank=tp // expert_tensor if expert_tensor else 0,
         )
         for pp in range(pipeline)
         for tp in range(tensor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from paraserve.api.architecture import Architecture
 from paraserve.api.base import SpecModel
@@ -422,6 +422,34 @@ class WorkerSpec(SpecModel):
         description="core/v1 ResourceRequirements for cpu/memory; the operator adds the GPU.",
     )
 
+    @field_validator("resources")
+    @classmethod
+    def _resource_requirements(cls, resources: dict[str, Any]) -> dict[str, Any]:
+        # Rendered into every rank pod: a shape the API server would refuse there is refused here.
+        for key, value in resources.items():
+            if key in ("limits", "requests"):
+                if not isinstance(value, dict) or not all(
+                    isinstance(name, str)
+                    and isinstance(amount, str | int | float)
+                    and not isinstance(amount, bool)
+                    for name, amount in value.items()
+                ):
+                    raise ValueError(
+                        f"resources.{key} must map resource names to quantities"
+                        " (for example {cpu: '4', memory: 16Gi})"
+                    )
+            elif key == "claims":
+                if not isinstance(value, list) or not all(
+                    isinstance(claim, dict) and isinstance(claim.get("name"), str)
+                    for claim in value
+                ):
+                    raise ValueError("resources.claims must be a list of {name: …}")
+            else:
+                raise ValueError(
+                    f"resources: unknown key {key!r}; valid keys are limits, requests, claims"
+                )
+        return resources
+
     @field_validator("env")
     @classmethod
     def _env_vars(cls, env: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -578,10 +606,15 @@ class InferenceDeploymentSpec(SpecModel):
         description="Latency and throughput targets.",
     )
 
-    @model_validator(mode="after")
-    def _engine_owns_the_command(self) -> InferenceDeploymentSpec:
-        engine = self.engine
-        if engine.rendered and (self.worker.command or self.worker.args):
+    # A field validator (engine comes after worker, so worker is in info.data): its errors name
+    # spec.engine, where a model validator's would name no field.
+    @field_validator("engine")
+    @classmethod
+    def _engine_owns_the_command(cls, engine: EngineSpec, info: ValidationInfo) -> EngineSpec:
+        worker = info.data.get("worker")
+        command = worker.command if isinstance(worker, WorkerSpec) else None
+        args = worker.args if isinstance(worker, WorkerSpec) else None
+        if engine.rendered and (command or args):
             raise ValueError(
                 f"engine.name {engine.name.value} renders the rank command from the plan:"
                 " leave worker.command and worker.args out and put extra engine arguments in"
@@ -592,9 +625,9 @@ class InferenceDeploymentSpec(SpecModel):
                 f"engine.args and engine.port apply to vllm and sglang, not"
                 f" {engine.name.value}: use worker.command and worker.args"
             )
-        if engine.name is EngineName.CUSTOM and not self.worker.command:
+        if engine.name is EngineName.CUSTOM and not command and isinstance(worker, WorkerSpec):
             raise ValueError("engine.name custom runs worker.command: give it")
-        return self
+        return engine
 
     @property
     def metrics_profile(self) -> MetricsProfile:

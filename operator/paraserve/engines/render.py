@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from paraserve.api import Check, EngineName, InferenceDeploymentSpec, Plan
-from paraserve.api.rank_env import RankEnv, parse_rank_env, rank_environ
+from paraserve.api.rank_env import RankEnv, RankEnvError, parse_rank_env, rank_environ
 from paraserve.engines import sglang, vllm
 from paraserve.engines.codes import (
     ENGINE_ARGUMENT_CONFLICT,
@@ -56,9 +56,13 @@ def problems(spec: InferenceDeploymentSpec) -> list[Check]:
         found.append(_failed(SEQUENCE_PARALLEL_UNSUPPORTED, reason))
     found += [_failed(ENGINE_SETTING_UNSUPPORTED, m) for m in engine.setting_problems(spec)]
     # The head's options stand for every rank's: only the per-rank ones differ.
-    head = parse_rank_env(
-        rank_environ(spec.parallelism, 0, num_layers=None, master_addr="<head>", master_port=0)
-    )
+    try:
+        head = parse_rank_env(
+            rank_environ(spec.parallelism, 0, num_layers=None, master_addr="<head>", master_port=0)
+        )
+    except RankEnvError:
+        # Degrees no rank could have (EP not dividing TP): the planner refuses them with its code.
+        return found
     rendered = {option.owned: option for option in engine.options(spec, head)}
     for occurrence in find(
         spec.engine.args, engine.OWNED, underscores=engine.UNDERSCORES, exact=engine.EXACT

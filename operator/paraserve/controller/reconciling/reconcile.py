@@ -59,7 +59,13 @@ INVALID_SPEC: Final = "InvalidSpec"
 INVALID_NAME: Final = "InvalidName"
 #: Wrong whatever the cluster looks like (the others depend on the pool).
 STATIC_CODES: Final = frozenset(
-    {INVALID_SPEC, INVALID_NAME, codes.INVALID_PARALLELISM, codes.INVALID_MODEL_CONFIG, *engine_codes.ERRORS}
+    {
+        INVALID_SPEC,
+        INVALID_NAME,
+        codes.INVALID_PARALLELISM,
+        codes.INVALID_MODEL_CONFIG,
+        *engine_codes.ERRORS,
+    }
 )
 NAME_TAKEN: Final = "NameTaken"
 GANG_STATE_UNREADABLE: Final = "GangStateUnreadable"
@@ -612,8 +618,9 @@ class Reconciler:
         verdict: Plan,
         hash_: str,
     ) -> None:
-        """The headless Service, the client Service of an engine, and this version's topology ConfigMap, written when the watch
-        shows them missing or different; topologies no pod uses any more are deleted."""
+        """The headless Service, an engine's client Service and this version's topology
+        ConfigMap, written when the watch shows them missing or different; topologies no pod
+        uses any more are deleted."""
         wanted = [
             owned_objects.headless_service(owner, spec),
             owned_objects.topology_configmap(owner, spec, verdict.stages, hash_),

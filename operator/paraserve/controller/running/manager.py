@@ -19,8 +19,8 @@ from typing import Any, Final
 from paraserve.api import Phase
 from paraserve.controller import rank_pods
 from paraserve.controller.api_writes import NotLeader
-from paraserve.controller.reconciling.gang import MAX_EXPONENT
 from paraserve.controller.reconciling import architecture_source
+from paraserve.controller.reconciling.gang import MAX_EXPONENT
 from paraserve.controller.reconciling.reconcile import CONFLICT_RETRY, Key, Reconciler, Views
 from paraserve.controller.running import loop_lag
 from paraserve.controller.running.cluster_io import ApiError

@@ -67,7 +67,7 @@ def reconciler(
     views.nodes = {ALL: nodes}
     views.gpu_pods = {ALL: pods or []}
     # The CONFIG_MAPS index: (namespace, name) → [what it keeps of the ConfigMap].
-    views.config_maps = {
+    views.model_config_maps = {
         key: [view]
         for name, data in (config_maps or {}).items()
         for key, view in architecture_source.config_map_entry(

@@ -14,6 +14,7 @@ import pytest
 from fake_cluster import FakeCluster
 from kopf._core.actions.invocation import invoke
 
+from paraserve.controller.reconciling import architecture_source
 from paraserve.controller.reconciling.gang import GANG_ANNOTATION, Backoff
 from paraserve.controller.reconciling.reconcile import ControllerSettings, Key, Reconciler
 from paraserve.controller.running import watches
@@ -154,7 +155,10 @@ def test_handlers_touch_the_queue_and_the_indexes_only_on_the_event_loop():
         loop_thread = threading.get_ident()
         for handler in registry._watching.get_all_handlers():
             body = deployment if "deployment" in handler.id else pod
-            await invoke(handler.fn, kwargs={"body": body, "type": "MODIFIED", "event": {}})
+            # kopf hands each handler the indexes by id; the ConfigMap one reads who names it.
+            indexes = {architecture_source.NAMED_BY: {}}
+            kwargs = {"body": body, "type": "MODIFIED", "event": {}, **indexes}
+            await invoke(handler.fn, kwargs=kwargs)
         await asyncio.sleep(0.05)
         await manager.stop()
         return loop_thread
