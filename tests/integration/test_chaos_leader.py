@@ -132,7 +132,10 @@ def test_a_frozen_leader_stops_before_its_lease_expires_and_never_writes_after(
         expiry = last_renewal + LEASE_DURATION
         a_writes = [e for e in of_a if e.write]
         last_write = max(a_writes, key=lambda e: e.received)
-        late = [e for e in a_writes if e.received > expiry]
+        # A write that took effect; one the server refused (a renewal answered 409 because B's
+        # lease has another resourceVersion, a request the stalled proxy delivered late) did not.
+        late = [e for e in a_writes if e.received > expiry and 200 <= e.code < 300]
+        refused_late = [e for e in a_writes if e.received > expiry and not 200 <= e.code < 300]
         b_status = [
             e for e in events if e.user == b.user and e.kind == "status" and e.received > frozen
         ]
@@ -147,7 +150,9 @@ def test_a_frozen_leader_stops_before_its_lease_expires_and_never_writes_after(
             f"  A's last write {at(last_write.received)} ({last_write.verb} "
             f"{last_write.resource}, HTTP {last_write.code}); A exited {at(a_exited)}",
             f"  A's writes after its lease expired: {len(late)}"
-            + (f"\n{audit.describe(late)}" if late else ""),
+            + (f"\n{audit.describe(late)}" if late else "")
+            + f"; attempts refused by the server after it: {len(refused_late)}"
+            + (f"\n{audit.describe(refused_late)}" if refused_late else ""),
             f"  B's status writes since the freeze: {len(b_status)}; lease holder at the end: "
             f"{holder_after}; A started again is a standby: {a_back_standby}",
             f"  proxy: {proxy.connections} connections, {proxy.resets} reset by the partition",

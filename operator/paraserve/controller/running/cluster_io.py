@@ -332,6 +332,8 @@ class Cluster:
         }
         path = f"/api/v1/namespaces/{quote(namespace)}/events"
         result = await self.request("POST", path, event, resource="events")
+        if result.status == 403 and _namespace_terminating(result.body):
+            return  # nobody will read it: the deployment goes with its namespace
         if not result.ok:
             raise ApiError("create", path, result.status, _t(result))
 

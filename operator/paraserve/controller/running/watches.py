@@ -127,8 +127,7 @@ def _owner_key(body: kopf.Body) -> Key | None:
     return (str(body.metadata.namespace), owner) if owner else None
 
 
-#: Services and ConfigMaps are watched only if ours (a server-side selector: not every
-#: ConfigMap of the cluster passes through the operator).
+#: Services and ConfigMaps the operator owns, indexed by deployment (repaired when deleted).
 OWNED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGER}"
 OWNED_RESOURCES: Final = ("services", "configmaps")
 
@@ -230,7 +229,12 @@ def register(registry: kopf.OperatorRegistry, manager: Manager) -> None:
         await manager.stop()
 
 
+#: Watched with the server-side selector. Not ConfigMaps: model.architectureFrom names the
+#: user's own, unlabelled (`kubectl create configmap … --from-file=config.json`).
+ONLY_OURS_WATCHED: Final = ("services",)
+
+
 def watch_only_ours(settings: kopf.OperatorSettings) -> None:
-    """Server-side selectors of the owned-object watches."""
-    for resource in OWNED_RESOURCES:
+    """Server-side selectors of the owned-object watches that see nothing but ours."""
+    for resource in ONLY_OURS_WATCHED:
         settings.watching.label_selectors[("v1", resource)] = OWNED_SELECTOR
