@@ -243,3 +243,24 @@ def test_an_oversized_argument_is_one_line_naming_the_field() -> None:
         InferenceDeploymentSpec.model_validate(document)
     message = describe_validation_error(error.value, "spec")
     assert message.startswith("spec.worker.env: ") and "env[0] (BIG).value" in message
+
+
+def test_failure_policy_is_an_optional_block_with_its_bounds_and_defaults() -> None:
+    from paraserve.api import FailurePolicy, InferenceDeploymentSpec, parse_duration
+
+    nodes = dict(walk(schema()))
+    policy = nodes[".spec.failurePolicy"]
+    assert "default" not in policy  # absent stays absent in stored objects
+    assert "failurePolicy" not in nodes[".spec"].get("required", [])
+    assert nodes[".spec.failurePolicy.maxRestarts"]["type"] == "integer"
+    assert nodes[".spec.failurePolicy.maxRestarts"]["minimum"] == 0
+    assert nodes[".spec.failurePolicy.maxRestarts"]["maximum"] == 100
+    assert "default" not in nodes[".spec.failurePolicy.maxRestarts"]  # unset: unlimited
+    window = nodes[".spec.failurePolicy.restartWindow"]
+    assert window["x-kubernetes-int-or-string"] is True and window["default"] == "1h"
+    # The API server's default and the models' agree.
+    assert parse_duration(window["default"]) == FailurePolicy().restart_window == 3600
+    stall = nodes[".spec.failurePolicy.stallTimeout"]
+    assert stall["x-kubernetes-int-or-string"] is True and "default" not in stall
+    parsed = InferenceDeploymentSpec.model_validate({"model": {"name": "m", "parameters": "1B"}})
+    assert parsed.failure_policy == FailurePolicy(max_restarts=None, stall_timeout=None)

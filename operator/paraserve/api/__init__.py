@@ -42,6 +42,7 @@ from paraserve.api.spec import (
     ConfigMapKeyRef,
     EngineName,
     EngineSpec,
+    FailurePolicy,
     GpuSpec,
     HuggingFaceSource,
     InferenceDeploymentSpec,
@@ -68,6 +69,7 @@ from paraserve.api.status import (
     PlanStatus,
     RanksStatus,
     StageStatus,
+    StalledReplica,
     memory_column,
 )
 from paraserve.api.units import (
@@ -112,6 +114,7 @@ __all__ = [
     "EngineName",
     "EngineSpec",
     "Experts",
+    "FailurePolicy",
     "Finding",
     "GpuSpec",
     "HuggingFaceSource",
@@ -142,6 +145,7 @@ __all__ = [
     "SpecModel",
     "Stage",
     "StageStatus",
+    "StalledReplica",
     "Toleration",
     "WeightPart",
     "WeightsByPart",

@@ -550,6 +550,40 @@ class SloSpec(SpecModel):
     )
 
 
+#: Most gang restarts failurePolicy.maxRestarts may allow: the operator keeps one time per
+#: restart in the gang annotation, so the bound keeps that annotation small.
+MAX_RESTARTS = 100
+DEFAULT_RESTART_WINDOW = 3600.0
+
+
+class FailurePolicy(SpecModel):
+    """When a replica that keeps failing is stopped, and when one that stopped generating
+    counts as failed (as a Job's backoffLimit, per replica)."""
+
+    max_restarts: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_RESTARTS,
+        description="Gang restarts of one replica allowed within restartWindow; the failure"
+        " after that stops the replica (its pods deleted, not recreated) and the deployment is"
+        " Failed until the spec is edited. 0: the first failure stops it. Default: unlimited,"
+        " as LeaderWorkerSet.",
+    )
+    restart_window: Duration = Field(
+        DEFAULT_RESTART_WINDOW,
+        gt=0,
+        description="Span over which restarts are counted against maxRestarts: 30m, 1h or"
+        " seconds. Default: 1h.",
+        json_schema_extra={"default": "1h"},
+    )
+    stall_timeout: Duration | None = Field(
+        None,
+        gt=0,
+        description="Restart a replica as a gang when its head reports requests waiting or"
+        " running but generates no token for this long: 5m or seconds. Default: off.",
+    )
+
+
 class InferenceDeploymentSpec(SpecModel):
     """A model served by replicas × pipeline × tensor GPUs, one rank per GPU."""
 
@@ -604,6 +638,12 @@ class InferenceDeploymentSpec(SpecModel):
         default_factory=SloSpec,
         json_schema_extra=_defaulted(SloSpec),
         description="Latency and throughput targets.",
+    )
+    # No CRD default: an absent block stays absent in stored objects.
+    failure_policy: FailurePolicy = Field(
+        default_factory=FailurePolicy,
+        description="Restart limits and hang detection of the gangs. Default: restart without"
+        " limit, no hang detection.",
     )
 
     # A field validator (engine comes after worker, so worker is in info.data): its errors name

@@ -100,6 +100,16 @@ class RanksStatus(WireModel):
         return cls(ready=ready, total=total, summary=f"{ready}/{total}")
 
 
+class StalledReplica(WireModel):
+    """A replica whose head has requests but generated no token for failurePolicy.stallTimeout:
+    the measurement loop reports it, the reconcile restarts the gang whose head it names."""
+
+    replica: int = Field(ge=0, description="The replica.")
+    head: str = Field(description="Name of its rank-0 pod.")
+    head_uid: str = Field(description="uid of that pod: a recreated replica is a new report.")
+    message: str = Field("", description="What was seen, for a person.")
+
+
 class MeasuredStatus(WireModel):
     """Read from the ranks' metrics endpoints; never copied from the estimate."""
 
@@ -124,6 +134,11 @@ class MeasuredStatus(WireModel):
         None,
         description="Why memory is missing (vllm, sglang: no dcgm-exporter found, or it reports"
         " no figure for some ranks).",
+    )
+    stalled_replicas: list[StalledReplica] | None = Field(
+        None,
+        description="Replicas with requests but no generated token for failurePolicy."
+        "stallTimeout; the operator restarts each as a gang.",
     )
 
 

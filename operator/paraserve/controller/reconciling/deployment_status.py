@@ -23,7 +23,13 @@ from paraserve.api import (
 from paraserve.api.labels import LABEL_DEPLOYMENT
 from paraserve.controller import merge_patch
 from paraserve.controller.rank_pods import RankPod
-from paraserve.controller.reconciling.gang import Decision, GangState
+from paraserve.controller.reconciling.gang import (
+    RESTART_LIMIT_EXCEEDED,
+    Decision,
+    GangState,
+    RestartLimit,
+    stop_message,
+)
 from paraserve.planner import codes
 
 #: Consecutive failures of one replica after which the deployment shows Failed (it still retries).
@@ -93,6 +99,22 @@ def _counts(obs: Observation) -> Counts | None:
     return count_ranks(obs.spec, obs.pods)
 
 
+def stopped_replicas(obs: Observation) -> list[int]:
+    """Desired replicas the failure policy stopped (they stay stopped until the spec changes)."""
+    if obs.spec is None:
+        return []
+    return [r for r in range(obs.spec.replicas) if obs.state.replica(r).stopped]
+
+
+def _stopped_message(obs: Observation, stopped: Sequence[int]) -> str:
+    assert obs.spec is not None
+    policy = obs.spec.failure_policy
+    limit = RestartLimit(max_restarts=policy.max_restarts, window=policy.restart_window)
+    lines = [stop_message(r, len(obs.state.replica(r).failures), limit) for r in stopped[:1]]
+    more = f" (and replicas {', '.join(str(r) for r in stopped[1:])})" if stopped[1:] else ""
+    return lines[0] + more
+
+
 def phase_of(obs: Observation) -> Phase:
     alive = [p for p in obs.pods if not p.terminating]
     if obs.spec is None or (obs.rejection is not None and not alive):
@@ -103,6 +125,8 @@ def phase_of(obs: Observation) -> Phase:
     decision = obs.decision
     if obs.spec.replicas == 0:
         return Phase.READY
+    if stopped_replicas(obs):
+        return Phase.FAILED  # stopped by failurePolicy: nothing retries until the spec changes
     if decision is not None:
         if any(obs.state.replica(r).attempt >= FAILED_AFTER_ATTEMPTS for r in decision.restarting):
             return Phase.FAILED
@@ -159,6 +183,15 @@ def conditions_of(obs: Observation, phase: Phase) -> list[dict[str, Any]]:
         return out
     counts = _counts(obs)
     assert counts is not None
+    stopped = stopped_replicas(obs)
+    if stopped:
+        # Both say it: the ranks are gone on purpose, not pending and not merely unready.
+        message = _stopped_message(obs, stopped)
+        return [
+            *out,
+            _condition(ConditionType.SCHEDULED, False, RESTART_LIMIT_EXCEEDED, message),
+            _condition(ConditionType.READY, False, RESTART_LIMIT_EXCEEDED, message),
+        ]
     if obs.name_taken is not None:
         scheduled = _condition(ConditionType.SCHEDULED, False, _NAME_TAKEN, obs.name_taken)
     elif decision is not None and decision.waiting:

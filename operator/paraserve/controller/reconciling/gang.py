@@ -3,8 +3,11 @@
 A replica is formed once all its ranks have been seen at the same time. Before that, missing
 ranks are filled in (an operator killed mid-creation converges). After that, any rank that
 fails, is evicted, is deleted or disappears fails the whole replica: it is deleted and,
-after an exponential back-off, recreated. The state that must survive an operator restart
-(formed, recreating, back-off, restarts) is kept in one annotation on the deployment.
+after an exponential back-off, recreated — unless it failed more than the failure policy's
+`maxRestarts` times within its window: then it is stopped until the spec is edited. A replica
+the measurement loop reports stalled is restarted the same way. The state that must survive an
+operator restart (formed, recreating, back-off, restarts and their times, stopped) is kept in
+one annotation on the deployment.
 """
 
 from __future__ import annotations
@@ -21,6 +24,32 @@ GANG_ANNOTATION: Final = "paraserve.dev/gang"
 # Beyond any cap in seconds (2**62 s), small enough for a float.
 MAX_EXPONENT: Final = 62
 
+# Event reasons of a gang failure (the reconcile counts them and checks the namespace first).
+REPLICA_RESTART: Final = "ReplicaRestart"
+REPLICA_STALLED: Final = "ReplicaStalled"
+RESTART_LIMIT_EXCEEDED: Final = "RestartLimitExceeded"
+FAILURE_REASONS: Final = frozenset({REPLICA_RESTART, REPLICA_STALLED, RESTART_LIMIT_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class RestartLimit:
+    """failurePolicy as the gang sees it: at most `max_restarts` (None: no limit) restarts of
+    one replica within `window` seconds."""
+
+    max_restarts: int | None = None
+    window: float = 3600.0
+
+    def kept(self, times: Iterable[float], now: float) -> tuple[float, ...]:
+        """The restart times still inside the window; only as many as the limit needs, so the
+        annotation stays small (none without a limit)."""
+        if self.max_restarts is None:
+            return ()
+        recent = [t for t in times if now - t < self.window]
+        return tuple(recent[-(self.max_restarts + 1) :])
+
+    def exceeded(self, times: tuple[float, ...]) -> bool:
+        return self.max_restarts is not None and len(times) > self.max_restarts
+
 
 @dataclass(frozen=True)
 class ReplicaState:
@@ -33,6 +62,11 @@ class ReplicaState:
     not_before: float = 0.0
     # Consecutive failures, for the back-off; reset once a replica ran long enough.
     attempt: int = 0
+    # When it failed, within the failure policy's window (wall-clock seconds, oldest first).
+    failures: tuple[float, ...] = ()
+    # Stopped by the failure policy at this spec generation: not recreated until it changes.
+    stopped: bool = False
+    stopped_generation: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"formed": self.formed, "attempt": self.attempt}
@@ -41,17 +75,27 @@ class ReplicaState:
         if self.recreating:
             out["recreating"] = True
             out["notBefore"] = round(self.not_before, 3)
+        if self.failures:
+            out["failures"] = [round(t, 3) for t in self.failures]
+        if self.stopped:
+            out["stopped"] = True
+            if self.stopped_generation is not None:
+                out["stoppedGeneration"] = self.stopped_generation
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReplicaState:
         formed_at = data.get("formedAt")
+        generation = data.get("stoppedGeneration")
         return cls(
             formed=bool(data.get("formed", False)),
             formed_at=float(formed_at) if formed_at is not None else None,
             recreating=bool(data.get("recreating", False)),
             not_before=float(data.get("notBefore", 0.0)),
             attempt=int(data.get("attempt", 0)),
+            failures=tuple(float(t) for t in data.get("failures") or ()),
+            stopped=bool(data.get("stopped", False)),
+            stopped_generation=int(generation) if generation is not None else None,
         )
 
 
@@ -144,6 +188,7 @@ class Decision:
     waiting: tuple[int, ...] = ()  # replicas that wait for free GPUs
     restarting: tuple[int, ...] = ()  # replicas deleted and not yet recreated
     rolling: bool = False  # some replica runs an outdated template
+    stopped: tuple[int, ...] = ()  # replicas stopped by the failure policy
 
 
 @dataclass
@@ -156,6 +201,7 @@ class _Builder:
     requeue: list[float] = field(default_factory=list)
     waiting: list[int] = field(default_factory=list)
     restarting: list[int] = field(default_factory=list)
+    stopped: list[int] = field(default_factory=list)
 
 
 def group_by_replica(pods: Iterable[RankPod]) -> dict[int, list[RankPod]]:
@@ -180,13 +226,18 @@ def decide(
     recheck_after: float = 2.0,
     unschedulable_after: float = 120.0,
     start_after: float | None = None,
+    limit: RestartLimit = RestartLimit(),
+    generation: int | None = None,
+    stalled: Mapping[int, str] | None = None,
 ) -> Decision:
     """One step towards `desired_replicas` gangs of `world_size` ranks of `template_hash`.
 
     `fits(n, r)` says whether n replicas, the n-th being replica r, fit the GPUs free now
     (own pods counted as free). A rank the scheduler cannot place for `unschedulable_after`
     seconds fails its gang, so a half-placed replica gives its GPUs back and waits; so does
-    one bound to a node but not started within `start_after` seconds.
+    one bound to a node but not started within `start_after` seconds. `stalled` maps a replica
+    to why it is stuck (the measurement loop's report): it fails its gang too. A replica that
+    failed more often than `limit` allows is stopped until the spec's `generation` changes.
     """
     by_replica = group_by_replica(pods)
     b = _Builder(replicas=dict(state.replicas), restarts=state.restarts)
@@ -206,6 +257,15 @@ def decide(
     for r in range(desired_replicas):
         members = by_replica.get(r, [])
         current = b.replicas.get(r, ReplicaState())
+        if current.stopped:
+            if generation is None or current.stopped_generation == generation:
+                b.delete.extend(p for p in members if not p.terminating)
+                b.stopped.append(r)
+                continue
+            # The spec was edited: the replica starts over, its failures forgotten (as a new
+            # Job would), once what is left of its pods is gone.
+            current = ReplicaState(recreating=True, not_before=now)
+            b.replicas[r] = current
         if current.recreating:
             _continue_recreation(b, r, members, current, now, to_create, recheck_after)
             continue
@@ -217,7 +277,12 @@ def decide(
         missing = [k for k in range(world_size) if k not in present]
         if broken or (current.formed and missing and not _outdated(members, template_hash)):
             why = broken[0].why if broken else f"rank {missing[0]} of replica {r} disappeared"
-            _restart(b, r, members, current, now, backoff, why)
+            _fail(b, r, members, current, now, backoff, limit, generation, why, REPLICA_RESTART)
+            continue
+        if current.formed and stalled and r in stalled and not _outdated(members, template_hash):
+            _fail(
+                b, r, members, current, now, backoff, limit, generation, stalled[r], REPLICA_STALLED
+            )
             continue
         if _outdated(members, template_hash):
             continue  # replaced as a whole by the rolling update, never patched up
@@ -236,7 +301,8 @@ def decide(
         if fits(active + 1, r):
             active += 1
             b.create.append((r, None))
-            b.replicas[r] = ReplicaState(attempt=b.replicas.get(r, ReplicaState()).attempt)
+            previous = b.replicas.get(r, ReplicaState())
+            b.replicas[r] = ReplicaState(attempt=previous.attempt, failures=previous.failures)
         else:
             b.waiting.append(r)
 
@@ -257,6 +323,7 @@ def decide(
         waiting=tuple(b.waiting),
         restarting=tuple(sorted(set(b.restarting))),
         rolling=rolling,
+        stopped=tuple(b.stopped),
     )
 
 
@@ -280,32 +347,68 @@ def _continue_recreation(
         to_create.append(r)
 
 
-def _restart(
+def _fail(
     b: _Builder,
     r: int,
     members: list[RankPod],
     current: ReplicaState,
     now: float,
     backoff: Backoff,
+    limit: RestartLimit,
+    generation: int | None,
     why: str,
+    reason: str,
 ) -> None:
+    """A formed replica failed: recreate it after its back-off, or stop it past the limit."""
+    failures = limit.kept((*current.failures, now), now)
+    b.delete.extend(p for p in members if not p.terminating)
+    if limit.exceeded(failures):
+        b.replicas[r] = ReplicaState(
+            attempt=current.attempt,
+            failures=failures,
+            stopped=True,
+            stopped_generation=generation,
+        )
+        b.stopped.append(r)
+        message = stop_message(r, len(failures), limit, why)
+        b.events.append(Event("Warning", RESTART_LIMIT_EXCEEDED, message))
+        return
     healthy_long_enough = (
         current.formed_at is not None and now - current.formed_at >= backoff.reset_after
     )
     attempt = 1 if healthy_long_enough else current.attempt + 1
     delay = backoff.delay(attempt)
-    b.replicas[r] = ReplicaState(recreating=True, not_before=now + delay, attempt=attempt)
+    b.replicas[r] = ReplicaState(
+        recreating=True, not_before=now + delay, attempt=attempt, failures=failures
+    )
     b.restarts += 1
-    b.delete.extend(p for p in members if not p.terminating)
     b.restarting.append(r)
     b.requeue.append(delay)
     b.events.append(
         Event(
             "Warning",
-            "ReplicaRestart",
+            reason,
             f"{why}: recreating replica {r} as a gang in {delay:g}s (restart {b.restarts})",
         )
     )
+
+
+def stop_message(r: int, failures: int, limit: RestartLimit, why: str | None = None) -> str:
+    """One line with the counts: why replica r was stopped and what starts it again."""
+    cause = f" (last: {why})" if why else ""
+    return (
+        f"replica {r} failed {failures} times within"
+        f" {_span(limit.window)}, more than failurePolicy.maxRestarts {limit.max_restarts}"
+        f"{cause}: stopped, its pods deleted; edit the spec to start it again"
+    )
+
+
+def _span(seconds: float) -> str:
+    """1h, 30m, 90s: the window as a person writes it."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _outdated(members: Iterable[RankPod], template_hash: str) -> bool:
@@ -349,8 +452,10 @@ def _roll_one(
         return  # an up-to-date replica is still coming up: one at a time
     r = next((r for r in outdated if r in unavailable), outdated[0])
     members = by_replica.get(r, [])
-    attempt = b.replicas.get(r, ReplicaState()).attempt
-    b.replicas[r] = ReplicaState(recreating=True, not_before=now, attempt=attempt)
+    previous = b.replicas.get(r, ReplicaState())
+    b.replicas[r] = ReplicaState(
+        recreating=True, not_before=now, attempt=previous.attempt, failures=previous.failures
+    )
     b.delete.extend(p for p in members if not p.terminating)
     b.restarting.append(r)
     b.requeue.append(2.0)

@@ -30,7 +30,12 @@ from paraserve.api import (
 from paraserve.controller.api_writes import ClusterWrites, NamespaceTerminating, NameTaken
 from paraserve.controller.deployment_writes import DeploymentWrites
 from paraserve.controller.rank_pods import RankPod
-from paraserve.controller.reconciling import architecture_source, owned_objects, placement
+from paraserve.controller.reconciling import (
+    architecture_source,
+    owned_objects,
+    placement,
+    stall_reports,
+)
 from paraserve.controller.reconciling.deployment_status import (
     Observation,
     desired_status,
@@ -39,11 +44,15 @@ from paraserve.controller.reconciling.deployment_status import (
     status_patch,
 )
 from paraserve.controller.reconciling.gang import (
+    FAILURE_REASONS,
     GANG_ANNOTATION,
+    REPLICA_RESTART,
+    REPLICA_STALLED,
     Backoff,
     CorruptGangState,
     Decision,
     GangState,
+    RestartLimit,
     decide,
 )
 from paraserve.engines import codes as engine_codes
@@ -290,10 +299,18 @@ class Reconciler:
             own_used = sum(1 for p in pods if p.node and not p.broken)
             gpus_free = max(0, verdict.gpus_free - own_used)
             if rejection is None:
-                decision, placements = self._decide(key, spec, pool, pods, state)
+                decision, placements = self._decide(
+                    key,
+                    spec,
+                    pool,
+                    pods,
+                    state,
+                    generation=metadata.get("generation"),
+                    stalled=stall_reports.stalled_replicas(status.get("measured"), pods),
+                )
                 if unreadable is not None:
                     decision = replace(decision, state_changed=True)
-                restarting = any(e.reason == "ReplicaRestart" for e in decision.events)
+                restarting = any(e.reason in FAILURE_REASONS for e in decision.events)
                 # Pods vanishing because their namespace goes are no gang failure.
                 if restarting and await self.cluster.namespace_terminating(namespace):
                     raise NamespaceTerminating(f"namespace {namespace} is being deleted")
@@ -391,6 +408,9 @@ class Reconciler:
         pool: Pool,
         pods: list[RankPod],
         state: GangState,
+        *,
+        generation: int | None = None,
+        stalled: Mapping[int, str] | None = None,
     ) -> tuple[Decision, dict[int, dict[int, str]]]:
         """The gang decision, and the node each rank it creates is counted on (by replica).
 
@@ -439,6 +459,12 @@ class Reconciler:
             backoff=self.settings.backoff,
             unschedulable_after=self.settings.unschedulable_after,
             start_after=self.settings.start_after,
+            limit=RestartLimit(
+                max_restarts=spec.failure_policy.max_restarts,
+                window=spec.failure_policy.restart_window,
+            ),
+            generation=generation,
+            stalled=stalled,
         )
         for replica, only in decision.create:
             if only is None:
@@ -605,7 +631,7 @@ class Reconciler:
                 message = f"creating replica {replicas}: {spec.parallelism.world_size} ranks each"
                 await self._event({"metadata": metadata}, "Normal", "CreatingReplica", message)
         for event in decision.events:
-            if event.reason == "ReplicaRestart":
+            if event.reason in (REPLICA_RESTART, REPLICA_STALLED):
                 self.metrics.gang_restarts.inc()
             await self._event({"metadata": metadata}, event.type, event.reason, event.message)
         return resource_version or "", None

@@ -142,6 +142,31 @@ def test_spec_parse_errors_name_the_field() -> None:
     assert bad_quantity.refusal.message.startswith("spec.gpu.memory: ")
 
 
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"maxRestarts": -1}, "spec.failurePolicy.maxRestarts: Input should be greater than or"),
+        ({"maxRestarts": 101}, "spec.failurePolicy.maxRestarts: Input should be less than or"),
+        ({"restartWindow": "0s"}, "spec.failurePolicy.restartWindow: Input should be greater"),
+        ({"stallTimeout": "soon"}, "spec.failurePolicy.stallTimeout: 'soon' is not a duration"),
+        ({"maxRestart": 3}, "spec.failurePolicy: unknown field 'maxRestart'; did you mean"),
+    ],
+)
+def test_a_bad_failure_policy_is_refused_in_one_line_naming_the_field(
+    policy: dict[str, Any], message: str
+) -> None:
+    answer = review(reconciler([node()]), (NAMESPACE, "p"), raw_spec(failurePolicy=policy), True)
+    assert answer.refusal is not None and answer.refusal.code == "InvalidSpec"
+    assert answer.refusal.message.startswith(message) and "\n" not in answer.refusal.message
+    assert answer.http_code == 422
+
+
+def test_a_failure_policy_is_admitted_without_warnings() -> None:
+    policy = {"maxRestarts": 3, "restartWindow": "30m", "stallTimeout": "5m"}
+    answer = review(reconciler([node()]), (NAMESPACE, "p"), raw_spec(failurePolicy=policy), True)
+    assert answer.refusal is None and not answer.warnings
+
+
 def test_a_name_too_long_for_pod_hostnames_is_refused() -> None:
     answer = review(reconciler([node()]), (NAMESPACE, "x" * 60), raw_spec(), pool_known=True)
     assert answer.refusal is not None and answer.refusal.code == "InvalidName"

@@ -6,7 +6,7 @@ from typing import Any
 
 from tests.builders import review_spec
 
-from paraserve.api import Finding, InferenceDeploymentSpec
+from paraserve.api import FailurePolicy, Finding, InferenceDeploymentSpec
 from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling.deployment_status import (
     Observation,
@@ -184,3 +184,27 @@ def test_a_plan_field_that_disappears_is_nulled_and_then_nothing_is_written():
     assert stored["plan"] == after["plan"]
     again = desired_status(observe(without_memory, observed=pods()), stored, NOW)
     assert status_patch(stored, again) == {}
+
+
+def test_a_replica_stopped_by_the_failure_policy_is_failed_with_the_counts():
+    the_spec = spec().model_copy(
+        update={"failure_policy": FailurePolicy(max_restarts=2, restart_window=1800)}
+    )
+    stopped = GangState(
+        replicas={0: ReplicaState(stopped=True, stopped_generation=3, failures=(1.0, 2.0, 3.0))},
+        restarts=2,
+    )
+    decision = Decision(state=stopped, state_changed=False, stopped=(0,))
+    status = desired_status(observe(the_spec, decision=decision, state=stopped), {}, NOW)
+    assert status["phase"] == "Failed" and status["restarts"] == 2
+    conditions = {c["type"]: c for c in status["conditions"]}
+    for type_ in ("Scheduled", "Ready"):
+        assert conditions[type_]["status"] == "False"
+        assert conditions[type_]["reason"] == "RestartLimitExceeded"
+    assert conditions["Ready"]["message"] == (
+        "replica 0 failed 3 times within 30m, more than failurePolicy.maxRestarts 2: stopped,"
+        " its pods deleted; edit the spec to start it again"
+    )
+    assert conditions["Validated"]["status"] == "True"
+    # Once the edit started it again, the phase follows the pods as before.
+    assert phase_of(observe(the_spec, observed=pods())) == "Ready"

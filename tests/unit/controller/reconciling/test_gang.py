@@ -12,6 +12,7 @@ from paraserve.controller.reconciling.gang import (
     CorruptGangState,
     GangState,
     ReplicaState,
+    RestartLimit,
     decide,
 )
 
@@ -203,3 +204,93 @@ def test_back_off_of_a_replica_crash_looping_for_days_stays_at_its_cap():
     decision = run(replica(0, phase="Failed"), state, backoff=backoff)
     assert decision.state.replica(0).attempt == 2001
     assert decision.requeue_after == 300
+
+
+# -- failurePolicy: maxRestarts within restartWindow, and stalled replicas ------------------
+
+LIMIT = RestartLimit(max_restarts=2, window=600.0)
+
+
+def test_restart_times_inside_the_window_are_kept_in_the_annotation():
+    decision = run(replica(0, phase="Failed"), formed(0), limit=LIMIT, generation=1)
+    assert decision.state.replica(0).failures == (1000.0,)
+    assert decision.events[0].reason == "ReplicaRestart"
+    # They survive an operator restart: the annotation is all a new process reads.
+    again = GangState.parse(decision.state.serialize())
+    assert again.replica(0).failures == (1000.0,) and again.replica(0).recreating
+
+
+def test_one_failure_more_than_max_restarts_within_the_window_stops_the_replica():
+    state = GangState(
+        replicas={0: ReplicaState(formed=True, formed_at=990.0, failures=(700.0, 900.0))},
+        restarts=2,
+    )
+    decision = run(replica(0, phase="Failed"), state, limit=LIMIT, generation=4)
+    assert len(decision.delete) == 4 and not decision.create
+    assert decision.stopped == (0,) and not decision.restarting
+    assert decision.state.restarts == 2  # stopped, not restarted
+    stopped = decision.state.replica(0)
+    assert stopped.stopped and stopped.stopped_generation == 4 and not stopped.recreating
+    event = decision.events[0]
+    assert event.type == "Warning" and event.reason == "RestartLimitExceeded"
+    assert event.message.startswith(
+        "replica 0 failed 3 times within 10m, more than failurePolicy.maxRestarts 2 (last: "
+    )
+
+
+def test_failures_older_than_the_window_do_not_count():
+    state = GangState(
+        replicas={0: ReplicaState(formed=True, formed_at=990.0, failures=(100.0, 300.0))}
+    )
+    decision = run(replica(0, phase="Failed"), state, limit=LIMIT, generation=1)
+    assert not decision.stopped and decision.restarting == (0,)
+    assert decision.state.replica(0).failures == (1000.0,)
+
+
+def test_max_restarts_zero_stops_at_the_first_failure_and_no_limit_never_stops():
+    zero = RestartLimit(max_restarts=0, window=600.0)
+    assert run(replica(0, phase="Failed"), formed(0), limit=zero).stopped == (0,)
+    unlimited = GangState(replicas={0: ReplicaState(formed=True, formed_at=999.0, attempt=50)})
+    decision = run(replica(0, phase="Failed"), unlimited)
+    assert not decision.stopped and decision.state.replica(0).failures == ()  # nothing kept
+
+
+def test_a_stopped_replica_stays_stopped_and_its_pods_stay_deleted():
+    state = GangState(replicas={0: ReplicaState(stopped=True, stopped_generation=4)})
+    decision = run([], state, limit=LIMIT, generation=4)
+    assert not decision.create and decision.stopped == (0,) and not decision.state_changed
+    # A pod of it someone recreated by hand is deleted again.
+    decision = run(replica(0)[:1], state, limit=LIMIT, generation=4)
+    assert [p.name for p in decision.delete] == ["d-0-0"] and not decision.create
+
+
+def test_an_edit_of_the_spec_starts_a_stopped_replica_again_with_its_failures_forgotten():
+    state = GangState(
+        replicas={0: ReplicaState(stopped=True, stopped_generation=4, failures=(1.0, 2.0, 3.0))}
+    )
+    decision = run([], state, limit=LIMIT, generation=5)
+    assert decision.create == ((0, None),) and not decision.stopped
+    assert decision.state.replica(0) == ReplicaState()
+    # Its old pods still terminating: wait for them first, as any recreation does.
+    decision = run(replica(0, terminating=True), state, limit=LIMIT, generation=5)
+    assert not decision.create and decision.restarting == (0,)
+
+
+def test_a_stalled_replica_is_restarted_as_a_gang_through_the_same_path():
+    decision = run(replica(0), formed(0), stalled={0: "rank 0 generated no token for 60s"})
+    assert len(decision.delete) == 4 and decision.restarting == (0,)
+    assert decision.state.restarts == 1 and decision.state.replica(0).recreating
+    event = decision.events[0]
+    assert event.reason == "ReplicaStalled" and event.message.startswith("rank 0 generated no")
+    # Not yet formed, or already being recreated: nothing to do.
+    assert not run(replica(0), stalled={0: "x"}).delete
+    recreating = GangState(replicas={0: ReplicaState(recreating=True, not_before=2000.0)})
+    assert run([], recreating, stalled={0: "x"}).events == ()
+
+
+def test_stalls_count_against_max_restarts():
+    state = GangState(
+        replicas={0: ReplicaState(formed=True, formed_at=990.0, failures=(800.0, 900.0))}
+    )
+    decision = run(replica(0), state, limit=LIMIT, generation=1, stalled={0: "stalled"})
+    assert decision.stopped == (0,) and decision.events[0].reason == "RestartLimitExceeded"

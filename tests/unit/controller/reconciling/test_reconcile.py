@@ -297,3 +297,92 @@ def test_status_lists_stages_as_rank_ranges_not_every_rank():
     stages = status(cluster, "d")["plan"]["stages"]
     assert [(s["index"], s["firstRank"], s["lastRank"]) for s in stages] == [(0, 0, 7), (1, 8, 15)]
     assert all("ranks" not in s for s in stages)
+
+
+def _clocked(cluster: FakeCluster, now: list[float]) -> Reconciler:
+    return Reconciler(
+        cluster,  # type: ignore[arg-type]
+        cluster.views,
+        ControllerSettings(default_image="w", backoff=Backoff(base=1, cap=4)),
+        OperatorMetrics(),
+        clock=lambda: now[0],
+    )
+
+
+def _settle_in_time(cluster: FakeCluster, now: list[float], rounds: int = 4) -> None:
+    """settle() by a new operator process, with time passing (back-offs run out)."""
+    r = _clocked(cluster, now)
+
+    async def go() -> None:
+        for _ in range(rounds):
+            now[0] += 5
+            await r.reconcile((NS, "d"))
+            cluster.run_pods()
+            cluster.deliver()
+
+    run(go())
+
+
+def _lose_a_rank(cluster: FakeCluster) -> None:
+    cluster.remove("Pod", NS, "d-0-1")
+    cluster.deliver()
+
+
+def test_a_replica_past_max_restarts_is_stopped_across_operator_restarts_until_the_spec_changes():
+    now = [1000.0]
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec(failurePolicy={"maxRestarts": 1}), generation=1)
+    cluster.deliver()
+    _settle_in_time(cluster, now)
+    _lose_a_rank(cluster)
+    now[0] += 10
+    _settle_in_time(cluster, now)  # restart 1: recreated after its back-off
+    assert status(cluster, "d")["restarts"] == 1 and len(cluster.pods_of(NS, "d")) == 2
+    _lose_a_rank(cluster)
+    now[0] += 10
+    _settle_in_time(cluster, now)  # the second failure within 1h: stopped
+    assert cluster.pods_of(NS, "d") == []
+    assert status(cluster, "d")["phase"] == "Failed"
+    assert condition(cluster, "d", "Ready")["reason"] == "RestartLimitExceeded"
+    stop = next(e for e in cluster.events if e["reason"] == "RestartLimitExceeded")
+    assert stop["type"] == "Warning" and "failed 2 times within 1h" in stop["message"]
+    # A new operator process (no memory) reads the annotation and keeps it stopped.
+    now[0] += 3600
+    _settle_in_time(cluster, now)
+    assert cluster.pods_of(NS, "d") == [] and status(cluster, "d")["phase"] == "Failed"
+    # An edit of the spec (a new generation) starts it again.
+    body = cluster.get("InferenceDeployment", NS, "d")
+    assert body is not None
+    body["spec"]["failurePolicy"] = {"maxRestarts": 3}
+    body["metadata"]["generation"] = 2
+    cluster.put(body)
+    cluster.deliver()
+    _settle_in_time(cluster, now)
+    assert len(cluster.pods_of(NS, "d")) == 2 and status(cluster, "d")["phase"] == "Ready"
+
+
+def test_a_stall_reported_by_the_measurement_loop_restarts_that_gang_once():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec(failurePolicy={"stallTimeout": "1m"}), generation=1)
+    cluster.deliver()
+    now = [1000.0]
+    r = _clocked(cluster, now)
+    settle(cluster, r, "d")
+    head = next(p for p in cluster.pods_of(NS, "d") if p["metadata"]["name"] == "d-0-0")
+    body = cluster.get("InferenceDeployment", NS, "d")
+    assert body is not None
+    report = {"replica": 0, "head": "d-0-0", "headUid": head["metadata"]["uid"], "message": "stuck"}
+    body["status"]["measured"] = {"ranksScraped": 1, "stalledReplicas": [report]}
+    cluster.put(body)
+    cluster.deliver()
+    run(r.reconcile((NS, "d")))
+    stalled = [e for e in cluster.events if e["reason"] == "ReplicaStalled"]
+    assert len(stalled) == 1 and stalled[0]["message"].startswith("stuck: recreating replica 0")
+    assert cluster.pods_of(NS, "d") == []
+    # The report names the old head: the recreated replica is left alone.
+    _settle_in_time(cluster, now, rounds=6)
+    assert len(cluster.pods_of(NS, "d")) == 2
+    assert len([e for e in cluster.events if e["reason"] == "ReplicaStalled"]) == 1
+    assert status(cluster, "d")["restarts"] == 1
