@@ -12,6 +12,9 @@ PREFILL_LATENCY: Final = "paraserve_prefill_latency_seconds"
 DECODE_TOKEN_LATENCY: Final = "paraserve_decode_token_latency_seconds"
 REQUESTS: Final = "paraserve_requests_total"
 GENERATED_TOKENS: Final = "paraserve_generated_tokens_total"
+#: Gauges of rank 0: requests queued, and in the batch being generated (hang detection).
+REQUESTS_WAITING: Final = "paraserve_requests_waiting"
+REQUESTS_RUNNING: Final = "paraserve_requests_running"
 RANK_INFO: Final = "paraserve_rank_info"
 
 #: Values of MEMORY's ``kind`` label; the operator compares the first two with its estimate.

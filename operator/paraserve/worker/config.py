@@ -95,6 +95,9 @@ def resolve(
         seed=args.load_seed,
     )
     load.check(max_batch, max_length)
+    stall_after = getattr(args, "stall_after", 0)
+    if stall_after < 0:
+        raise ValueError("--stall-after must be ≥ 0")
     config = RunConfig(
         shape=shape,
         dtype=torch_dtype(dtype_name, "dtype"),
@@ -105,6 +108,7 @@ def resolve(
         seed=args.seed,
         load=load,
         exit_when_done=args.exit_when_done,
+        stall_after=stall_after,
         dump=args.dump,
     )
     return env, config, args.device, args.metrics_addr, args.timeout

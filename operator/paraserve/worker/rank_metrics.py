@@ -22,6 +22,8 @@ from paraserve.api.metric_names import (
     PREFILL_LATENCY,
     RANK_INFO,
     REQUESTS,
+    REQUESTS_RUNNING,
+    REQUESTS_WAITING,
 )
 from paraserve.api.rank_env import RankEnv
 
@@ -67,6 +69,12 @@ class RankMetrics:
             GENERATED_TOKENS,
             "Tokens generated (counted by rank 0 of the replica only).",
             registry=r,
+        )
+        self.waiting = Gauge(
+            REQUESTS_WAITING, "Requests queued, not yet generating (rank 0 only).", registry=r
+        )
+        self.running = Gauge(
+            REQUESTS_RUNNING, "Requests in the batch being generated (rank 0 only).", registry=r
         )
         info = Gauge(
             RANK_INFO,

@@ -44,6 +44,8 @@ class RunConfig:
     seed: int = 0
     load: LoadProfile = field(default_factory=LoadProfile)
     exit_when_done: bool = False
+    # Tests of hang detection: after this many requests, accept but never generate (0: never).
+    stall_after: int = 0
     dump: Path | None = None
     heartbeat_seconds: float = 1.0
 
@@ -178,10 +180,12 @@ def coordinate(rank: Rank, stop: threading.Event) -> None:
     while True:
         now = time.monotonic() - start
         load.admit(now)
+        rank.metrics.waiting.set(load.waiting)
         if stop.is_set() or (load.finished and config.exit_when_done):
             _control(rank, OP_STOP)
             return
-        batch = load.take()
+        stalled = 0 < config.stall_after <= served
+        batch = None if stalled else load.take()
         if batch is None:
             upcoming = load.next_arrival()
             wait = config.heartbeat_seconds if upcoming is None else upcoming - now
@@ -194,10 +198,13 @@ def coordinate(rank: Rank, stop: threading.Event) -> None:
         started = time.perf_counter()
         dispatched = time.monotonic() - start
         delays = [dispatched - request.arrival for request in batch.requests]
+        rank.metrics.waiting.set(load.waiting)
+        rank.metrics.running.set(len(batch.requests))
         _control(rank, OP_GENERATE, len(batch.requests), delays)
         prompt = batch.prompt.to(rank.groups.device)
         _broadcast(rank, prompt)
         generate(rank, prompt, config.load.output_tokens, delays, started)
+        rank.metrics.running.set(0)
         last_sent = time.monotonic()
         served += len(batch.requests)
         if served % 50 < len(batch.requests) or load.finished:

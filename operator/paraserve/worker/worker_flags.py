@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--duration", type=float, default=0.0, help="stop after S s (0 = never)")
     load.add_argument("--load-seed", type=int, default=0, help="seed of arrivals and prompts")
     load.add_argument(
+        "--stall-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="for tests of hang detection: after N requests keep accepting but generate"
+        " nothing more (0 = never)",
+    )
+    load.add_argument(
         "--exit-when-done",
         action="store_true",
         help="exit when the load ends (default: keep serving metrics until SIGTERM)",

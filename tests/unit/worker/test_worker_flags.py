@@ -40,6 +40,11 @@ def test_flags_choose_dtype_and_sizes() -> None:
     _, config, *_ = resolve(args, {}, _architecture_document)
     assert (config.dtype, config.kv_cache_dtype) == (torch.bfloat16, torch.bfloat16)
     assert (config.max_batch_size, config.max_sequence_length) == (3, 128)
+    assert config.stall_after == 0
+    assert (
+        resolve(parse("--tiny", "--stall-after", "4"), {}, _architecture_document)[1].stall_after
+        == 4
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,6 +56,7 @@ def test_flags_choose_dtype_and_sizes() -> None:
         (["--tiny", "--metrics-port", "99999"], "metrics port 99999: a port is 0–65535"),
         (["--tiny", "--timeout", "-1"], "--timeout -1: seconds must be > 0"),
         (["--tiny", "--dump", "/nonexistent/dir/x.pt"], "/nonexistent/dir is not a directory"),
+        (["--tiny", "--stall-after", "-1"], "--stall-after must be ≥ 0"),
     ],
 )
 def test_bad_configuration_is_one_line(argv: list[str], message: str) -> None:

@@ -1,6 +1,7 @@
 """The metrics endpoint serves the contract's names, and memory figures are the tensors held."""
 
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -105,3 +106,42 @@ def test_other_paths_are_404_and_health_is_served(served_rank) -> None:
     server.ready = True
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as ok:
         assert ok.status == 200
+
+
+def test_stall_after_keeps_accepting_but_generates_nothing_more() -> None:
+    env = parse_rank_env({})
+    metrics = RankMetrics(env)
+    server = MetricsServer(metrics.registry, 0, env.metrics_path, "127.0.0.1").start()
+    config = RunConfig(
+        shape=ModelShape.tiny(),
+        dtype=torch.float32,
+        kv_cache_dtype=torch.float32,
+        max_batch_size=1,
+        max_sequence_length=32,
+        layer_range=(0, 4),
+        load=LoadProfile(rate=0, requests=5, prompt_length=5, output_tokens=4),
+        stall_after=2,
+        heartbeat_seconds=0.05,
+    )
+    rank = build_rank(form_groups(env, torch.device("cpu")), config, metrics)
+    stop = threading.Event()
+    serving = threading.Thread(target=serve, args=(rank, stop), daemon=True)
+    serving.start()
+    try:
+        deadline = time.monotonic() + 30
+        samples = scrape(server.port)
+        while samples[("paraserve_requests_total", ())] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            samples = scrape(server.port)
+        time.sleep(0.3)  # more heartbeats: nothing more is generated
+        samples = scrape(server.port)
+        assert samples[("paraserve_requests_total", ())] == 2
+        assert samples[("paraserve_generated_tokens_total", ())] == 8
+        assert samples[("paraserve_requests_waiting", ())] == 3  # accepted, never taken
+        assert samples[("paraserve_requests_running", ())] == 0
+        assert serving.is_alive()  # it still serves (and heartbeats its peers)
+    finally:
+        stop.set()
+        serving.join(timeout=10)
+        server.stop()
+    assert not serving.is_alive()

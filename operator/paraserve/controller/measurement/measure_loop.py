@@ -10,6 +10,7 @@ only `status.measured`, the MeetsSLO condition and (once memory was measured) th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import os
@@ -22,10 +23,10 @@ import aiohttp
 import kopf
 from pydantic import ValidationError
 
-from paraserve.api import ConditionType, InferenceDeploymentSpec, Phase
+from paraserve.api import ConditionType, InferenceDeploymentSpec, Phase, StalledReplica
 from paraserve.controller.api_writes import StatusWriter
 from paraserve.controller.deployment_writes import DeploymentWrites
-from paraserve.controller.measurement import device_memory
+from paraserve.controller.measurement import device_memory, stall
 from paraserve.controller.measurement.exposition import ExpositionError, parse
 from paraserve.controller.measurement.measured_status import (
     History,
@@ -37,7 +38,7 @@ from paraserve.controller.measurement.measured_status import (
     status_patch,
     with_device_memory,
 )
-from paraserve.controller.measurement.metric_profiles import profile_for, read
+from paraserve.controller.measurement.metric_profiles import RankReading, profile_for, read
 from paraserve.controller.measurement.scrape import ScrapeError, fetch_all, metrics_url
 from paraserve.controller.rank_pods import INDEX as RANK_PODS
 from paraserve.controller.rank_pods import RankPod
@@ -140,6 +141,8 @@ class Measurer:
             None
         )
         self._history: dict[Key, History] = {}
+        # deployment → head pod uid → its generated-token progress (hang detection).
+        self._progress: dict[Key, dict[str, stall.Progress]] = {}
         self._unreachable: dict[Key, int] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -177,6 +180,7 @@ class Measurer:
         for key in [k for k in self._history if k not in keys]:
             del self._history[key]
             self._unreachable.pop(key, None)
+            self._progress.pop(key, None)
         results = await asyncio.gather(
             *(self.measure(key, session, limit) for key in keys), return_exceptions=True
         )
@@ -253,6 +257,7 @@ class Measurer:
         now = self.clock()
         windows = []
         unreachable = []
+        heads: list[tuple[RankPod, RankReading]] = []
         for target, text in zip(targets, texts, strict=True):
             try:
                 if isinstance(text, ScrapeError):
@@ -261,6 +266,8 @@ class Measurer:
             except (ScrapeError, ExpositionError) as error:
                 unreachable.append(f"{target.name}: {error}")
                 continue
+            if target.rank == 0:
+                heads.append((target, reading))
             scrape = Scrape(now, reading)
             windows.append((scrape, history.record(target.uid, scrape)))
         if len(unreachable) != self._unreachable.get(key, 0):  # log changes, not every interval
@@ -286,6 +293,8 @@ class Measurer:
                 not_measured=memory.not_measured,
                 gpu_memory_bytes=gpu_bytes,
             )
+        stalled = self._stalls(key, spec, [p for p in targets if p.rank == 0], heads, now)
+        measurement = dataclasses.replace(measurement, stalled=stalled)
         stamp = _now_iso()
         measured = measured_status(measurement, profile.name, stamp)
         condition = slo_condition(measurement, spec.slo)
@@ -325,6 +334,49 @@ class Measurer:
                 subresource="status",
             )
         return written is not None  # a conflict: the next interval reads the newer object
+
+    def _stalls(
+        self,
+        key: Key,
+        spec: InferenceDeploymentSpec,
+        serving_heads: list[RankPod],
+        read_heads: list[tuple[RankPod, RankReading]],
+        now: float,
+    ) -> tuple[StalledReplica, ...]:
+        """The replicas whose head had requests and generated no token for stallTimeout.
+
+        A head that did not answer this time keeps its clock (a flapping endpoint does not
+        reset it) but is not judged; an operator restart starts every clock afresh, which only
+        delays a detection.
+        """
+        timeout = spec.failure_policy.stall_timeout
+        progress = self._progress.setdefault(key, {})
+        if timeout is None:
+            progress.clear()
+            return ()
+        for uid in [u for u in progress if u not in {p.uid for p in serving_heads}]:
+            del progress[uid]
+        found = []
+        for head, reading in read_heads:
+            has_requests = stall.busy(reading.waiting, reading.running)
+            seen = stall.advance(
+                progress.get(head.uid), tokens=reading.tokens, has_requests=has_requests, now=now
+            )
+            if seen is None:
+                progress.pop(head.uid, None)
+                continue
+            progress[head.uid] = seen
+            if stall.stalled(seen, has_requests=has_requests, now=now, timeout=timeout):
+                found.append(
+                    StalledReplica(
+                        replica=head.replica,
+                        head=head.name,
+                        head_uid=head.uid,
+                        message=f"rank 0 ({head.name}) had requests waiting or running and"
+                        f" generated no token for {timeout:g}s (failurePolicy.stallTimeout)",
+                    )
+                )
+        return tuple(sorted(found, key=lambda s: s.replica))
 
 
 def register(registry: kopf.OperatorRegistry, measurer: Measurer) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from paraserve.api import ConditionType, MeasuredStatus, SloSpec, memory_column
+from paraserve.api import ConditionType, MeasuredStatus, SloSpec, StalledReplica, memory_column
 from paraserve.controller import merge_patch
 from paraserve.controller.measurement.metric_profiles import RankReading
 from paraserve.controller.measurement.quantile import (
@@ -39,7 +39,14 @@ MATERIAL_FIELDS: Final = (
     "kvCacheUtilization",
 )
 #: Fields any change of which is material.
-EXACT_FIELDS: Final = ("ranksScraped", "ranksUnreachable", "profile", "memoryNotMeasured")
+EXACT_FIELDS: Final = (
+    "ranksScraped",
+    "ranksUnreachable",
+    "profile",
+    "memoryNotMeasured",
+    # A stall reported or over is what the reconcile acts on: always written at once.
+    "stalledReplicas",
+)
 
 # MeetsSLO reasons.
 OBJECTIVES_MET: Final = "ObjectivesMet"
@@ -97,6 +104,7 @@ class Measurement:
     ranks_scraped: int = 0
     ranks_unreachable: int = 0
     memory_not_measured: str | None = None
+    stalled: tuple[StalledReplica, ...] = ()
 
 
 def _windowed_p99(
@@ -232,6 +240,7 @@ def measured_status(m: Measurement, profile: str, sampled_at: str) -> dict[str, 
         ranks_scraped=m.ranks_scraped,
         ranks_unreachable=m.ranks_unreachable,
         memory_not_measured=m.memory_not_measured,
+        stalled_replicas=list(m.stalled) or None,
     ).to_wire()
 
 

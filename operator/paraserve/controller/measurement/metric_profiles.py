@@ -30,6 +30,9 @@ class MetricProfile:
     token_counters: tuple[str, ...]
     memory_used_gauges: tuple[str, ...] = ()
     kv_cache_usage_gauges: tuple[str, ...] = ()
+    # The head's queue and batch, for hang detection (with token_counters).
+    waiting_gauges: tuple[str, ...] = ()
+    running_gauges: tuple[str, ...] = ()
     # paraserve only: the held bytes by kind, for comparing with the planner's estimate.
     memory_by_kind: str | None = None
 
@@ -46,6 +49,8 @@ class RankReading:
     decode: dict[float, float] | None = None
     requests: float | None = None
     tokens: float | None = None
+    waiting: float | None = None
+    running: float | None = None
 
 
 # The names our own worker exports (the contract is in api, beside the worker's side of it).
@@ -57,6 +62,8 @@ PARASERVE = MetricProfile(
     token_counters=(metric_names.GENERATED_TOKENS,),
     memory_used_gauges=(metric_names.MEMORY_USED,),
     memory_by_kind=metric_names.MEMORY,
+    waiting_gauges=(metric_names.REQUESTS_WAITING,),
+    running_gauges=(metric_names.REQUESTS_RUNNING,),
 )
 
 VLLM = MetricProfile(
@@ -67,6 +74,8 @@ VLLM = MetricProfile(
     request_counters=("vllm:request_success_total",),
     token_counters=("vllm:generation_tokens_total",),
     kv_cache_usage_gauges=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    waiting_gauges=("vllm:num_requests_waiting",),
+    running_gauges=("vllm:num_requests_running",),
 )
 
 SGLANG = MetricProfile(
@@ -79,6 +88,8 @@ SGLANG = MetricProfile(
     request_counters=("sglang:num_requests_total",),
     token_counters=("sglang:generation_tokens_total",),
     kv_cache_usage_gauges=("sglang:token_usage",),
+    waiting_gauges=("sglang:num_queue_reqs",),
+    running_gauges=("sglang:num_running_reqs",),
 )
 
 PROFILES: dict[str, MetricProfile] = {p.name: p for p in (PARASERVE, VLLM, SGLANG)}
@@ -122,4 +133,7 @@ def read(profile: MetricProfile, exposition: Exposition) -> RankReading:
         # Counters are summed over their labels (vLLM splits requests by finished_reason).
         requests=_first(exposition, profile.request_counters, largest=False),
         tokens=_first(exposition, profile.token_counters, largest=False),
+        # Gauges summed over their series (an engine labels them by model or engine index).
+        waiting=_first(exposition, profile.waiting_gauges, largest=False),
+        running=_first(exposition, profile.running_gauges, largest=False),
     )
