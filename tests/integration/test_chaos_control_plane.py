@@ -140,6 +140,16 @@ def test_api_server_and_etcd_restarts_converge_without_an_operator_restart(
             scaling.join(timeout=180)
             expected |= {name: (2, pipeline * tensor) for name in scaled}
             second = converge(cluster, namespace, expected)
+            kwok_lapse = kwok_missed_bindings(second[0])
+            if kwok_lapse:
+                # kwok stands in for the kubelets, and after etcd is back its watch can miss a
+                # binding made just before (a pod bound, never started: the operator's stuck-rank
+                # restart would fire only after 300 s). A kubelet lists again; kwok does when
+                # started again. Said in the figures, never hidden.
+                cluster.restart_component("kwok")
+                healthy_after.append("kwok (after etcd)")
+                again = converge(cluster, namespace, expected)
+                second = (again[0], second[1] + again[1])
             etcd_alive = operator.alive()
             same = operator.process is not None and operator.process.pid == pid
             report += [
@@ -147,6 +157,7 @@ def test_api_server_and_etcd_restarts_converge_without_an_operator_restart(
                 f"{sum(r * w for r, w in expected.values())} pods seen, away "
                 f"{away:.1f} s",
                 f"  converged {second[1]:.1f} s after it was back: {second[0].summary()}",
+                f"  bound pods kwok never started (kwok started again): {kwok_lapse or 'none'}",
                 f"  operator still the same process: {etcd_alive and same} "
                 f"(started {operator.starts} time)",
                 f"pods recreated that nobody touched: {len(ledger.recreated())}",
@@ -157,6 +168,13 @@ def test_api_server_and_etcd_restarts_converge_without_an_operator_restart(
         finally:
             operator.stop()
             report.append(f"components started again afterwards: {healthy_after or 'none'}")
+
+
+def kwok_missed_bindings(result: Census) -> list[str]:
+    """The pods bound to a node and not started, when nothing else is wrong: kwok's lapse."""
+    bound = [p for p in result.not_running if "(Pending, node " in p and ", node None" not in p]
+    clean = not (result.missing or result.extra or result.orphans or result.duplicates)
+    return bound if clean and bound and len(bound) == len(result.not_running) else []
 
 
 def converge(
