@@ -70,17 +70,27 @@ def free_ports(count: int) -> list[int]:
     socks: list[socket.socket] = []
     try:
         while len(socks) < count:
+            port = random.randrange(first, low)
+            if port in _HANDED_OUT:  # free now, but promised to a process not listening yet
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                sock.bind(("127.0.0.1", random.randrange(first, low)))
+                sock.bind(("127.0.0.1", port))
             except OSError:
                 sock.close()
                 continue
             socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
+        ports = [s.getsockname()[1] for s in socks]
+        _HANDED_OUT.update(ports)
+        return ports
     finally:
         for sock in socks:
             sock.close()
+
+
+#: Every port free_ports gave out in this process: never given twice, so two ranks started
+#: one after the other cannot both be told to listen on one port.
+_HANDED_OUT: set[int] = set()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`'s kind step: the kind end-to-end run (e2e.sh) when it can run here and its cache
 # is warm, else one line saying why not. A cold cache means building the node image's binaries,
-# the node image and both images first — longer than CI's budget on a cold machine (docs/e2e-kind.md
+# the node image and both images first — longer than CI's budget on a cold machine (docs/kind.md
 # has the times) — so that is left to `make e2e-kind`, which fills the cache.
 #   PARASERVE_KIND=1 make test   # run it even cold;  PARASERVE_KIND=0: never
 set -euo pipefail

@@ -143,7 +143,8 @@ class Measurer:
         self._history: dict[Key, History] = {}
         # deployment → head pod uid → its generated-token progress (hang detection).
         self._progress: dict[Key, dict[str, stall.Progress]] = {}
-        self._unreachable: dict[Key, int] = {}
+        # What was last logged of the unreachable ranks: their count and the first one's error.
+        self._unreachable: dict[Key, tuple[int, str]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def _watched(self, key: Key) -> Mapping[str, Any] | None:
@@ -270,9 +271,11 @@ class Measurer:
                 heads.append((target, reading))
             scrape = Scrape(now, reading)
             windows.append((scrape, history.record(target.uid, scrape)))
-        if len(unreachable) != self._unreachable.get(key, 0):  # log changes, not every interval
-            self._unreachable[key] = len(unreachable)
-            first = f": {unreachable[0]}" if unreachable else ""
+        first = f": {unreachable[0]}" if unreachable else ""
+        # Logged when the count or the first rank's error changes (a rank not listening yet, then
+        # too slow), not every interval.
+        if (len(unreachable), first) != self._unreachable.get(key, (0, "")):
+            self._unreachable[key] = (len(unreachable), first)
             logger.info("%s/%s: %d ranks unreachable%s", *key, len(unreachable), first)
         gpu = ((status.get("plan") or {}).get("memory") or {}).get("gpuMemoryBytes")
         gpu_bytes = int(gpu) if gpu else None
