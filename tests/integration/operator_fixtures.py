@@ -134,6 +134,15 @@ class OperatorProcess:
         except OSError:
             return "(no log)"
 
+    def log_lines(self, *words: str, limit: int = 40) -> str:
+        """The log lines that name any of `words` (the last `limit`), for a failure's message."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        found = [line for line in lines if any(w in line for w in words)]
+        return "\n".join(found[-limit:]) or f"(no log line names {', '.join(words)})"
+
 
 @pytest.fixture(scope="session")
 def inference_crd(cluster: LocalCluster) -> Path:
