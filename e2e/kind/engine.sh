@@ -53,12 +53,9 @@ our_pid() {
     echo "${pid}"
 }
 
-install_engine() {
-    local packages=()
-    command -v dockerd >/dev/null || packages+=(docker.io)
-    command -v jq >/dev/null || packages+=(jq)
-    # nft: down removes the iptables-nft tables the engine created where the host had none.
-    command -v nft >/dev/null || packages+=(nftables)
+# apt_install PACKAGE…: install what is absent, with no service started during the install.
+apt_install() {
+    local packages=("$@")
     ((${#packages[@]})) || return 0
     kind_step "installing ${packages[*]} with apt"
     if [[ "$(id -u)" != 0 ]]; then
@@ -77,6 +74,27 @@ install_engine() {
     ((made_policy)) && rm -f "${policy}"
     ((status == 0)) || kind_fail "apt-get install ${packages[*]} failed (${engine_dir}/apt.log)"
     kind_step "installed ${packages[*]}"
+}
+
+install_engine() {
+    local packages=()
+    command -v dockerd >/dev/null || packages+=(docker.io)
+    # nft: down removes the iptables-nft tables the engine created where the host had none.
+    command -v nft >/dev/null || packages+=(nftables)
+    apt_install "${packages[@]}"
+}
+
+# What the node image's builds need, engine or not: runc with seccomp (cgo and libseccomp's
+# headers), the Debian base (debootstrap), and jq for these scripts.
+install_build_packages() {
+    local packages=()
+    command -v jq >/dev/null || packages+=(jq)
+    command -v pkg-config >/dev/null || packages+=(pkg-config)
+    pkg-config --exists libseccomp 2>/dev/null || packages+=(libseccomp-dev)
+    command -v debootstrap >/dev/null || packages+=(debootstrap)
+    ((${#packages[@]} == 0)) || command -v apt-get >/dev/null \
+        || kind_fail "${packages[*]} missing, and no apt-get to install them"
+    apt_install "${packages[@]}"
 }
 
 # save_host: what the engine changes on the host, once, before its first start.
@@ -164,6 +182,7 @@ runtime_args() {
 
 up() {
     mkdir -p "${engine_dir}" "${data_root}"
+    install_build_packages
     if pid="$(our_pid)"; then
         kind_step "reusing the engine started earlier (pid ${pid}, data in ${data_root})"
         return 0

@@ -22,7 +22,7 @@ from paraserve.controller.admission.options import WebhookOptions
 from paraserve.controller.measurement import measure_loop
 from paraserve.controller.reconciling.gang import Backoff
 from paraserve.controller.reconciling.reconcile import ControllerSettings, Reconciler, Views
-from paraserve.controller.running import watches
+from paraserve.controller.running import kopf_toggles, watches
 from paraserve.controller.running.cluster_io import Cluster, load_api_client
 from paraserve.controller.running.leader import Fence, LeaderElector, LeaseTimings
 from paraserve.controller.running.manager import Manager
@@ -187,6 +187,7 @@ async def serve(options: OperatorOptions) -> int:
         metrics,
         acting=fence.held if fence is not None else (lambda: True),
     )
+    kopf_toggles.install()
     registry = build_registry(manager, cluster)
     settings = operator_settings(options)
     if options.webhook is not None:
