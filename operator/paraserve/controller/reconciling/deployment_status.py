@@ -307,6 +307,19 @@ def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict
     return patch
 
 
+def without_pool_churn(current: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The patch less a lone `gpusFree` change of a Ready deployment.
+
+    `gpusFree` is the pool's, and moves whenever any deployment's pods come or go: rewritten on
+    every Ready deployment for each such change, one gang restart among 300 deployments made
+    ~900 status writes. It stays current while a deployment is not Ready (waiting for GPUs, it
+    is what the user reads) and whenever anything of its own changes.
+    """
+    if set(patch) == {"gpusFree"} and current.get("phase") == Phase.READY:
+        return {}
+    return dict(patch)
+
+
 _PROGRESS_FIELDS: Final = frozenset({"ranks", "gpusFree", "replicas", "conditions", "memory"})
 
 

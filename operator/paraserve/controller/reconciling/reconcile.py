@@ -42,6 +42,7 @@ from paraserve.controller.reconciling.deployment_status import (
     is_progress_only,
     phase_event,
     status_patch,
+    without_pool_churn,
 )
 from paraserve.controller.reconciling.gang import (
     FAILURE_REASONS,
@@ -340,7 +341,7 @@ class Reconciler:
             name_taken=taken,
         )
         desired = desired_status(observation, status, _now_iso())
-        patch = status_patch(status, desired)
+        patch = without_pool_churn(status, status_patch(status, desired))
         requeue = decision.requeue_after if decision is not None else None
         if taken is not None:
             requeue = min(requeue, NAME_TAKEN_RETRY) if requeue is not None else NAME_TAKEN_RETRY
