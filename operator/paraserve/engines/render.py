@@ -54,7 +54,7 @@ def problems(spec: InferenceDeploymentSpec) -> list[Check]:
     found: list[Check] = []
     if (reason := engine.sequence_problem(spec)) is not None:
         found.append(_failed(SEQUENCE_PARALLEL_UNSUPPORTED, reason))
-    found += [_failed(ENGINE_SETTING_UNSUPPORTED, m) for m in engine.setting_problems(spec)]
+    found += [_failed(ENGINE_SETTING_UNSUPPORTED, m) for m in engine.DIALECT.setting_problems(spec)]
     # The head's options stand for every rank's: only the per-rank ones differ.
     try:
         head = parse_rank_env(

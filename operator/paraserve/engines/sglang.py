@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Final
 
 from paraserve.api import Dtype, InferenceDeploymentSpec
-from paraserve.api.expert_parallel import UnsupportedExpertParallelism, engine_expert_args
 from paraserve.api.rank_env import RankEnv
-from paraserve.engines.options import Owned, Rendered, find
-from paraserve.engines.weights import model_argument, model_revision
+from paraserve.engines.dialect import Dialect
+from paraserve.engines.options import Owned, Rendered
+from paraserve.engines.weights import model_argument
 
 PROGRAM: Final = ("python3", "-m", "sglang.launch_server")
 DEFAULT_IMAGE: Final = "lmsysorg/sglang:v0.5.23"
@@ -69,6 +69,7 @@ OWNED: Final = (
 #: SGLang options that are a prefix of an owned one but are options of their own.
 EXACT: Final = frozenset[str]()
 
+# The user's own choice, rendered only when engine.args leaves it out.
 QUANTIZATION = Owned(("--quantization",), "")
 SERVED_NAME = Owned(("--served-model-name",), "")
 
@@ -79,37 +80,23 @@ WEIGHT_DTYPES: Final = {
 }
 KV_DTYPES: Final = {Dtype.BFLOAT16: "bfloat16", Dtype.FLOAT8: "fp8_e4m3"}
 
-
-def _has(spec: InferenceDeploymentSpec, owned: Owned) -> bool:
-    return bool(find(spec.engine.args, [owned], underscores=UNDERSCORES, exact=EXACT))
-
-
-def kv_cache_dtype(spec: InferenceDeploymentSpec) -> str | None:
-    kv, weights = spec.model.kv_dtype, spec.model.dtype
-    if kv == weights and kv in WEIGHT_DTYPES:
-        return "auto"
-    return KV_DTYPES.get(kv)
-
-
-def setting_problems(spec: InferenceDeploymentSpec) -> list[str]:
-    problems = []
-    dtype = spec.model.dtype
-    if dtype in (Dtype.INT8, Dtype.INT4) and not _has(spec, QUANTIZATION):
-        problems.append(
-            f"model.dtype {dtype.value} is a quantized checkpoint: SGLang has no --dtype"
-            f" {dtype.value}; name its method in engine.args (--quantization awq, gptq …)"
-        )
-    if kv_cache_dtype(spec) is None:
-        problems.append(
-            f"model.kvCacheDtype {spec.model.kv_dtype.value} with model.dtype {dtype.value}:"
-            " SGLang's --kv-cache-dtype has no such type (auto, bfloat16, fp8_e4m3, fp8_e5m2,"
-            " …)"
-        )
-    try:
-        engine_expert_args("sglang", spec.parallelism)
-    except UnsupportedExpertParallelism as error:
-        problems.append(str(error))
-    return problems
+DIALECT: Final = Dialect(
+    engine="sglang",
+    title="SGLang",
+    underscores=UNDERSCORES,
+    exact=EXACT,
+    weight_dtypes=WEIGHT_DTYPES,
+    kv_dtypes=KV_DTYPES,
+    quantization_methods="awq, gptq …",
+    kv_cache_types="auto, bfloat16, fp8_e4m3, fp8_e5m2, …",
+    dtype=DTYPE,
+    kv_dtype=KV_DTYPE,
+    memory=MEMORY,
+    revision=REVISION,
+    expert=EXPERT,
+    quantization=QUANTIZATION,
+    served_name=SERVED_NAME,
+)
 
 
 def sequence_problem(spec: InferenceDeploymentSpec) -> str | None:
@@ -138,34 +125,13 @@ def options(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[Rendered]:
         Rendered(MAX_RUNNING, str(spec.serving.max_batch_size)),
         Rendered(CONTEXT, str(spec.serving.max_sequence_length)),
     ]
-    if spec.model.dtype in WEIGHT_DTYPES:
-        rendered.append(Rendered(DTYPE, WEIGHT_DTYPES[spec.model.dtype]))
-    if (kv := kv_cache_dtype(spec)) is not None:
-        rendered.append(Rendered(KV_DTYPE, kv))
-    rendered.append(Rendered(MEMORY, f"{spec.gpu.max_memory_utilization:g}"))
+    rendered += DIALECT.storage_options(spec)
     if p.sequence > 1:
         rendered.append(Rendered(LAYERNORM_SP))
-    if (revision := model_revision(spec)) is not None:
-        rendered.append(Rendered(REVISION, revision))
-    rendered += _expert(spec)
+    rendered += DIALECT.revision_options(spec)
+    rendered += DIALECT.expert_options(spec)
     return rendered
 
 
-def _expert(spec: InferenceDeploymentSpec) -> list[Rendered]:
-    """parallelism.expert as this engine spells it (api.expert_parallel); none if it cannot."""
-    try:
-        flags = engine_expert_args("sglang", spec.parallelism)
-    except UnsupportedExpertParallelism:
-        return []  # refused in setting_problems
-    return [Rendered(EXPERT, flags[1] if len(flags) > 1 else None)] if flags else []
-
-
 def args(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[str]:
-    out = ["--model-path", model_argument(spec)]
-    for option in options(spec, rank):
-        out += option.argv()
-    if spec.model.dtype is Dtype.FLOAT8 and not _has(spec, QUANTIZATION):
-        out += ["--quantization", "fp8"]
-    if not _has(spec, SERVED_NAME):
-        out += ["--served-model-name", spec.model.name]
-    return out + list(spec.engine.args)
+    return DIALECT.args(spec, ["--model-path", model_argument(spec)], options(spec, rank))

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Final
 
 from paraserve.api import Dtype, InferenceDeploymentSpec
-from paraserve.api.expert_parallel import UnsupportedExpertParallelism, engine_expert_args
 from paraserve.api.rank_env import RankEnv
-from paraserve.engines.options import Owned, Rendered, find
-from paraserve.engines.weights import model_argument, model_revision
+from paraserve.engines.dialect import Dialect
+from paraserve.engines.options import Owned, Rendered
+from paraserve.engines.weights import model_argument
 
 PROGRAM: Final = ("vllm", "serve")
 DEFAULT_IMAGE: Final = "vllm/vllm-openai:v0.32.0"
@@ -99,41 +99,23 @@ KV_DTYPES: Final = {
     Dtype.INT4: "int4_per_token_head",
 }
 
-
-def _has(spec: InferenceDeploymentSpec, owned: Owned) -> bool:
-    return bool(find(spec.engine.args, [owned], underscores=UNDERSCORES, exact=EXACT))
-
-
-def kv_cache_dtype(spec: InferenceDeploymentSpec) -> str | None:
-    """vLLM's name for the KV-cache type; None when vLLM has none (float32 under a narrower
-    model dtype)."""
-    kv, weights = spec.model.kv_dtype, spec.model.dtype
-    if kv == weights and kv in WEIGHT_DTYPES:
-        return "auto"  # the model's own type
-    return KV_DTYPES.get(kv)
-
-
-def setting_problems(spec: InferenceDeploymentSpec) -> list[str]:
-    """Settings of the spec vLLM cannot honour, one line each."""
-    problems = []
-    dtype = spec.model.dtype
-    if dtype in (Dtype.INT8, Dtype.INT4) and not _has(spec, QUANTIZATION):
-        problems.append(
-            f"model.dtype {dtype.value} is a quantized checkpoint: vLLM has no --dtype"
-            f" {dtype.value}; name its method in engine.args (--quantization awq, gptq,"
-            " compressed-tensors …)"
-        )
-    if kv_cache_dtype(spec) is None:
-        problems.append(
-            f"model.kvCacheDtype {spec.model.kv_dtype.value} with model.dtype {dtype.value}:"
-            " vLLM's --kv-cache-dtype has no such type (auto, bfloat16, float16, fp8,"
-            " int8_per_token_head, int4_per_token_head)"
-        )
-    try:
-        engine_expert_args("vllm", spec.parallelism)
-    except UnsupportedExpertParallelism as error:
-        problems.append(str(error))
-    return problems
+DIALECT: Final = Dialect(
+    engine="vllm",
+    title="vLLM",
+    underscores=UNDERSCORES,
+    exact=EXACT,
+    weight_dtypes=WEIGHT_DTYPES,
+    kv_dtypes=KV_DTYPES,
+    quantization_methods="awq, gptq, compressed-tensors …",
+    kv_cache_types="auto, bfloat16, float16, fp8, int8_per_token_head, int4_per_token_head",
+    dtype=DTYPE,
+    kv_dtype=KV_DTYPE,
+    memory=MEMORY,
+    revision=REVISION,
+    expert=EXPERT,
+    quantization=QUANTIZATION,
+    served_name=SERVED_NAME,
+)
 
 
 def sequence_problem(spec: InferenceDeploymentSpec) -> str | None:
@@ -169,33 +151,12 @@ def options(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[Rendered]:
         Rendered(MAX_SEQS, str(spec.serving.max_batch_size)),
         Rendered(MAX_LEN, str(spec.serving.max_sequence_length)),
     ]
-    if spec.model.dtype in WEIGHT_DTYPES:
-        rendered.append(Rendered(DTYPE, WEIGHT_DTYPES[spec.model.dtype]))
-    if (kv := kv_cache_dtype(spec)) is not None:
-        rendered.append(Rendered(KV_DTYPE, kv))
-    rendered.append(Rendered(MEMORY, f"{spec.gpu.max_memory_utilization:g}"))
-    if (revision := model_revision(spec)) is not None:
-        rendered.append(Rendered(REVISION, revision))
-    rendered += _expert(spec)
+    rendered += DIALECT.storage_options(spec)
+    rendered += DIALECT.revision_options(spec)
+    rendered += DIALECT.expert_options(spec)
     return rendered
-
-
-def _expert(spec: InferenceDeploymentSpec) -> list[Rendered]:
-    """parallelism.expert as this engine spells it (api.expert_parallel); none if it cannot."""
-    try:
-        flags = engine_expert_args("vllm", spec.parallelism)
-    except UnsupportedExpertParallelism:
-        return []  # refused in setting_problems
-    return [Rendered(EXPERT, flags[1] if len(flags) > 1 else None)] if flags else []
 
 
 def args(spec: InferenceDeploymentSpec, rank: RankEnv) -> list[str]:
     """The arguments after ``vllm serve``: the model, the plan's options, then engine.args."""
-    out = [model_argument(spec)]
-    for option in options(spec, rank):
-        out += option.argv()
-    if spec.model.dtype is Dtype.FLOAT8 and not _has(spec, QUANTIZATION):
-        out += ["--quantization", "fp8"]  # vLLM quantizes a 16-bit checkpoint when loading
-    if not _has(spec, SERVED_NAME):
-        out += ["--served-model-name", spec.model.name]  # clients ask for model.name
-    return out + list(spec.engine.args)
+    return DIALECT.args(spec, [model_argument(spec)], options(spec, rank))
