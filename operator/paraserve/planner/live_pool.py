@@ -12,7 +12,6 @@ sequence of events).
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
@@ -26,6 +25,8 @@ from paraserve.planner.pool import (
     pod_gpu_request,
     pool_member,
     pool_name,
+    pool_node,
+    pool_nodes,
 )
 
 PodKey = tuple[str, str]  # (namespace, name)
@@ -88,10 +89,10 @@ class _View:
         position = self.index.get(name)
         if isinstance(after, tuple):
             if position is not None:  # stays in: its GPUs or memory changed
-                self.members[position] = _pool_node(after, used)
+                self.members[position] = pool_node(after, used)
             elif old is None:  # a new node: the last in node order
                 self.index[name] = len(self.members)
-                self.members.append(_pool_node(after, used))
+                self.members.append(pool_node(after, used))
             else:
                 return False
         elif position is not None:
@@ -256,22 +257,7 @@ class LivePool:
         self, resource: str, selector: Mapping[str, str], tolerations: list[Toleration]
     ) -> _View:
         used = self._track(resource)
-        members: list[PoolNode] = []
-        counts: Counter[str] = Counter()
-        for node in self._nodes.values():
-            member = pool_member(node, resource, selector, tolerations)
-            if isinstance(member, str):
-                counts[member] += 1
-                continue
-            name, allocatable, memory = member
-            members.append(
-                PoolNode(
-                    name=name,
-                    allocatable=allocatable,
-                    free=max(0, allocatable - used.get(name, 0)),
-                    gpu_memory_bytes=memory,
-                )
-            )
+        members, excluded = pool_nodes(self._nodes.values(), resource, selector, tolerations, used)
         return _View(
             resource=resource,
             selector=dict(selector),
@@ -279,7 +265,7 @@ class LivePool:
             name=pool_name(selector),
             members=members,
             index={member.name: position for position, member in enumerate(members)},
-            excluded=Exclusions(**counts),
+            excluded=excluded,
         )
 
     def _track(self, resource: str) -> dict[str, int]:
@@ -329,16 +315,6 @@ class LivePool:
                 if count:
                     own[record.node] = own.get(record.node, 0) + count
         return own
-
-
-def _pool_node(member: tuple[str, int, int | None], used: Mapping[str, int]) -> PoolNode:
-    name, allocatable, memory = member
-    return PoolNode(
-        name=name,
-        allocatable=allocatable,
-        free=max(0, allocatable - used.get(name, 0)),
-        gpu_memory_bytes=memory,
-    )
 
 
 def _add(

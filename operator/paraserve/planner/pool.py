@@ -57,25 +57,9 @@ class Pool:
         """The pool of ``spec`` among ``nodes``; ``pods`` (non-terminated) use up free GPUs."""
         resource = spec.gpu.resource_name
         selector = spec.placement.node_selector
-        tolerations = spec.placement.tolerations
         used = gpus_requested_by_node(pods, resource)
-        members: list[PoolNode] = []
-        counts: Counter[str] = Counter()
-        for node in nodes:
-            member = pool_member(node, resource, selector, tolerations)
-            if isinstance(member, str):
-                counts[member] += 1
-                continue
-            name, allocatable, memory = member
-            members.append(
-                PoolNode(
-                    name=name,
-                    allocatable=allocatable,
-                    free=max(0, allocatable - used.get(name, 0)),
-                    gpu_memory_bytes=memory,
-                )
-            )
-        return cls(name=pool_name(selector), nodes=tuple(members), excluded=Exclusions(**counts))
+        members, excluded = pool_nodes(nodes, resource, selector, spec.placement.tolerations, used)
+        return cls(name=pool_name(selector), nodes=tuple(members), excluded=excluded)
 
     @cached_property
     def allocatable(self) -> int:
@@ -142,6 +126,37 @@ def pool_member(
         return "without_gpus"
     name = str(metadata.get("name", ""))
     return name, allocatable, _gpu_memory(labels.get(GPU_MEMORY_LABEL))
+
+
+def pool_nodes(
+    nodes: Iterable[Mapping[str, Any]],
+    resource: str,
+    selector: Mapping[str, str],
+    tolerations: list[Toleration],
+    used: Mapping[str, int],
+) -> tuple[list[PoolNode], Exclusions]:
+    """The nodes in the pool, in node order, with the GPUs ``used`` (by node) leaves free; and
+    why the others are not in it."""
+    members: list[PoolNode] = []
+    counts: Counter[str] = Counter()
+    for node in nodes:
+        member = pool_member(node, resource, selector, tolerations)
+        if isinstance(member, str):
+            counts[member] += 1
+        else:
+            members.append(pool_node(member, used))
+    return members, Exclusions(**counts)
+
+
+def pool_node(member: tuple[str, int, int | None], used: Mapping[str, int]) -> PoolNode:
+    """A `pool_member` with the GPUs ``used`` (by node) leaves free."""
+    name, allocatable, memory = member
+    return PoolNode(
+        name=name,
+        allocatable=allocatable,
+        free=max(0, allocatable - used.get(name, 0)),
+        gpu_memory_bytes=memory,
+    )
 
 
 def pool_name(selector: Mapping[str, str]) -> str:
