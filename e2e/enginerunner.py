@@ -32,25 +32,18 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 from e2e.cluster.controlplane import free_ports
 from e2e.engines.dcgm_standin import GpuSample, StandIn, rss_mib
 from e2e.engines.install import EngineEnv
-from e2e.rankrunner import annotate, pod_environ
-from paraserve.api.labels import (
-    LABEL_DEPLOYMENT,
-    LABEL_RANK,
-    LABEL_REPLICA,
-    METRICS_ADDRESS_ANNOTATION,
-)
+from e2e.podrunner import BoundPod, PodProcess, PodRunner, annotate, pod_environ, spawn
+from paraserve.api.labels import METRICS_ADDRESS_ANNOTATION
 
 log = logging.getLogger("paraserve.enginerunner")
 
@@ -60,17 +53,10 @@ STANDIN_POD = "dcgm-exporter-stand-in"
 STANDIN_LABELS = {"app": "nvidia-dcgm-exporter", "paraserve.dev/stand-in": "dcgm"}
 
 
-@dataclass
-class EngineProcess:
-    pod: str
-    uid: str
-    replica: int
-    rank: int
+@dataclass(kw_only=True)
+class EngineProcess(PodProcess):
     argv: list[str]
-    process: subprocess.Popen[bytes]
-    log_path: Path
     api_port: int | None
-    environ: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str | None:
@@ -108,8 +94,11 @@ def engine_argv(container: Mapping[str, Any], env: EngineEnv) -> list[str]:
     raise ValueError(f"not an engine command: {argv[:3]}")
 
 
-class EngineRunner:
+class EngineRunner(PodRunner[EngineProcess]):
     """Keeps one real engine process per bound rank pod of `deployment` (a context manager)."""
+
+    name = "enginerunner"
+    title = "engine runner"
 
     def __init__(
         self,
@@ -122,20 +111,9 @@ class EngineRunner:
         poll_seconds: float = 0.5,
         gpu_exporter: bool = True,
     ) -> None:
-        self.kubeconfig = str(kubeconfig)
-        self.namespace = namespace
-        self.deployment = deployment
-        self.workdir = Path(workdir)
+        super().__init__(kubeconfig, namespace, deployment, workdir, poll_seconds=poll_seconds)
         self.engine = engine
-        self.poll_seconds = poll_seconds
         self.gpu_exporter = gpu_exporter
-        self.processes: dict[str, EngineProcess] = {}  # by pod uid
-        self.exited: list[EngineProcess] = []  # ended while their pod lived
-        self.errors: list[str] = []
-        self._master_ports: dict[str, int] = {}  # by uid of the replica's rank-0 pod
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="enginerunner", daemon=True)
-        self._lock = threading.Lock()
         self._cores = os.cpu_count() or 1
         self._started = 0
         self._engine_lock: IO[str] | None = None
@@ -143,35 +121,16 @@ class EngineRunner:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def __enter__(self) -> EngineRunner:
-        from kubernetes import client, config
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def _opened(self) -> None:
         self._engine_lock = ENGINE_LOCK.open("w")
         fcntl.flock(self._engine_lock, fcntl.LOCK_EX)  # waits for another run's engines
-        self._api_client = config.new_client_from_config(config_file=self.kubeconfig)
-        self._core = client.CoreV1Api(self._api_client)
         if self.gpu_exporter:
             self._standin = StandIn(free_ports(1)[0], self.gpu_samples).__enter__()
             self._create_standin_pod()
-        self._thread.start()
-        return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        with self._lock:
-            for process in self.processes.values():
-                process.stop()
-            self.processes.clear()
+    def _closing(self) -> None:
         if self._standin is not None:
             self._standin.__exit__(None, None, None)
-        self._api_client.close()
         if self._engine_lock is not None:
             fcntl.flock(self._engine_lock, fcntl.LOCK_UN)
             self._engine_lock.close()
@@ -197,68 +156,20 @@ class EngineRunner:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sync()
-            except Exception as error:  # the API server may be busy; try again next poll
-                self.errors.append(repr(error))
-                log.warning("engine runner: %s", error)
-            self._stop.wait(self.poll_seconds)
+    def _startable(self, pod: Any) -> bool:
+        return (pod.status.phase or "") not in ("Failed", "Succeeded")
 
-    def sync(self) -> None:
-        """One pass: start engines for new bound pods, fail pods whose engine exited, stop the
-        engines of pods that are gone."""
-        pods = self._core.list_namespaced_pod(
-            self.namespace, label_selector=f"{LABEL_DEPLOYMENT}={self.deployment}"
-        ).items
-        alive = {p.metadata.uid: p for p in pods if p.metadata.deletion_timestamp is None}
-        with self._lock:
-            for uid in [u for u in self.processes if u not in alive]:
-                self.processes.pop(uid).stop()
-            for uid, process in self.processes.items():
-                code = process.process.poll()
-                if code is not None and process not in self.exited:
-                    self.exited.append(process)
-                    self._fail(alive[uid], code)
-            for pod in alive.values():
-                if pod.metadata.uid in self.processes or not pod.spec.node_name:
-                    continue
-                if (pod.status.phase or "") in ("Failed", "Succeeded"):
-                    continue
-                key = self._replica_key(pod, alive.values())
-                if key is not None:
-                    self._start(pod, key)
-            for key in [k for k in self._master_ports if k not in alive]:
-                del self._master_ports[key]
-
-    def _replica_key(self, pod: Any, pods: Any) -> str | None:
-        replica = pod.metadata.labels.get(LABEL_REPLICA)
-        for other in pods:
-            labels = other.metadata.labels or {}
-            if labels.get(LABEL_REPLICA) == replica and labels.get(LABEL_RANK) == "0":
-                return str(other.metadata.uid)
-        return None
-
-    def _start(self, pod: Any, replica_key: str) -> None:
-        body = self._api_client.sanitize_for_serialization(pod)
-        container = body["spec"]["containers"][0]
-        name = body["metadata"]["name"]
-        labels = body["metadata"].get("labels") or {}
-        rank = int(labels.get(LABEL_RANK, 0))
-        pod_dir = self.workdir / name / body["metadata"]["uid"][:8]
-        pod_dir.mkdir(parents=True, exist_ok=True)
-        master_port = self._master_ports.setdefault(replica_key, free_ports(1)[0])
-        api_port = free_ports(1)[0] if rank == 0 else None
-        overrides = ["--master-addr", "127.0.0.1", "--master-port", str(master_port)]
+    def _start(self, pod: BoundPod) -> EngineProcess:
+        api_port = free_ports(1)[0] if pod.rank == 0 else None
+        overrides = ["--master-addr", "127.0.0.1", "--master-port", str(pod.master_port)]
         if api_port is not None:
             overrides += ["--host", "127.0.0.1", "--port", str(api_port)]
-        argv = [*engine_argv(container, self.engine), *overrides]
-        environ = pod_environ(container)
+        argv = [*engine_argv(pod.container, self.engine), *overrides]
+        environ = pod_environ(pod.container)
         environ.update(
             {
                 "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(master_port),
+                "MASTER_PORT": str(pod.master_port),
                 "VLLM_HOST_IP": "127.0.0.1",
                 "GLOO_SOCKET_IFNAME": "lo",
                 "VLLM_CPU_OMP_THREADS_BIND": str(self._started % self._cores),
@@ -267,35 +178,30 @@ class EngineRunner:
             }
         )
         self._started += 1
-        log_path = pod_dir / "engine.log"
+        log_path = pod.directory / "engine.log"
         with log_path.open("ab") as output:
             output.write(f"$ {' '.join(argv)}\n".encode())
-            output.flush()
-            process = subprocess.Popen(
-                argv,
-                env={**os.environ, **environ},
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=pod_dir,
-                start_new_session=True,  # its own process group: stopped as a whole
-            )
+        # Its own process group: stop() ends the engine's workers with it.
+        process = spawn(
+            argv, {**os.environ, **environ}, log_path, cwd=pod.directory, own_group=True
+        )
         started = EngineProcess(
-            pod=name,
-            uid=body["metadata"]["uid"],
-            replica=int(labels.get(LABEL_REPLICA, 0)),
-            rank=rank,
+            pod=pod.name,
+            uid=pod.uid,
+            replica=pod.replica,
+            rank=pod.rank,
             argv=argv,
             process=process,
             log_path=log_path,
             api_port=api_port,
             environ=environ,
         )
-        self.processes[started.uid] = started
-        log.info("started %s (pid %d): %s", name, process.pid, " ".join(argv))
+        log.info("started %s (pid %d): %s", pod.name, process.pid, " ".join(argv))
         if started.address is not None:
-            annotate(self._core, self.namespace, name, started.address)
+            annotate(self._core, self.namespace, pod.name, started.address)
+        return started
 
-    def _fail(self, pod: Any, code: int) -> None:
+    def _exited(self, pod: Any, code: int) -> None:
         """What the kubelet writes when the rank's container exits (restartPolicy Never)."""
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status = {

@@ -29,19 +29,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from e2e.cluster.controlplane import free_ports
+from e2e.podrunner import BoundPod, PodProcess, PodRunner, annotate, pod_environ, spawn
 from paraserve.api import rank_env
-from paraserve.api.labels import (
-    LABEL_DEPLOYMENT,
-    LABEL_RANK,
-    LABEL_REPLICA,
-    METRICS_ADDRESS_ANNOTATION,
-)
 from paraserve.api.topology_document import TOPOLOGY_KEY
 
 log = logging.getLogger("paraserve.rankrunner")
@@ -61,25 +55,9 @@ def worker_args(container: Mapping[str, Any]) -> list[str]:
     return args
 
 
-def pod_environ(container: Mapping[str, Any]) -> dict[str, str]:
-    """The container's literal env (valueFrom entries are not resolvable here and are skipped)."""
-    return {
-        str(e["name"]): str(e["value"])
-        for e in container.get("env") or []
-        if "name" in e and e.get("value") is not None
-    }
-
-
-@dataclass
-class RankProcess:
-    pod: str
-    uid: str
-    replica: int
-    rank: int
+@dataclass(kw_only=True)
+class RankProcess(PodProcess):
     metrics_port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    environ: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -95,8 +73,11 @@ class RankProcess:
                 self.process.wait(timeout=10)
 
 
-class RankRunner:
+class RankRunner(PodRunner[RankProcess]):
     """Keeps one local worker process per bound rank pod of `deployment` (a context manager)."""
+
+    name = "rankrunner"
+    title = "rank runner"
 
     def __init__(
         self,
@@ -109,93 +90,19 @@ class RankRunner:
         python: str = sys.executable,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        self.kubeconfig = str(kubeconfig)
-        self.namespace = namespace
-        self.deployment = deployment
-        self.workdir = Path(workdir)
-        self.poll_seconds = poll_seconds
+        super().__init__(kubeconfig, namespace, deployment, workdir, poll_seconds=poll_seconds)
         self.python = python
         self.base_environ = dict(os.environ if environ is None else environ)
-        self.ranks: dict[str, RankProcess] = {}  # by pod uid
-        self.exited: list[RankProcess] = []  # processes that ended while their pod lived
-        self._master_ports: dict[str, int] = {}  # by uid of the replica's rank-0 pod
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rankrunner", daemon=True)
-        self._lock = threading.Lock()
-        self.errors: list[str] = []
 
-    # -- lifecycle ----------------------------------------------------------------------
-
-    def __enter__(self) -> RankRunner:
-        from kubernetes import client, config
-
-        self._api_client = config.new_client_from_config(config_file=self.kubeconfig)
-        self._core = client.CoreV1Api(self._api_client)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        with self._lock:
-            for rank in self.ranks.values():
-                rank.stop()
-            self.ranks.clear()
-        self._api_client.close()
+    @property
+    def ranks(self) -> dict[str, RankProcess]:
+        """The running processes by pod uid."""
+        return self.processes
 
     def addresses(self) -> dict[str, str]:
         """Pod name → the metrics address of its running process."""
         with self._lock:
             return {r.pod: r.address for r in self.ranks.values()}
-
-    # -- the loop -------------------------------------------------------------------------
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sync()
-            except Exception as error:  # the API server may be busy; try again next poll
-                self.errors.append(repr(error))
-                log.warning("rank runner: %s", error)
-            self._stop.wait(self.poll_seconds)
-
-    def sync(self) -> None:
-        """One pass: start processes for new bound pods, stop those whose pod is gone."""
-        pods = self._core.list_namespaced_pod(
-            self.namespace, label_selector=f"{LABEL_DEPLOYMENT}={self.deployment}"
-        ).items
-        alive = {p.metadata.uid: p for p in pods if p.metadata.deletion_timestamp is None}
-        with self._lock:
-            for uid in [u for u in self.ranks if u not in alive]:
-                rank = self.ranks.pop(uid)
-                rank.stop()
-            for rank in self.ranks.values():
-                if rank.process.poll() is not None and rank not in self.exited:
-                    self.exited.append(rank)
-            for pod in alive.values():
-                if pod.metadata.uid in self.ranks or not pod.spec.node_name:
-                    continue
-                key = self._replica_key(pod, alive.values())
-                if key is None:
-                    continue  # rank 0 of its replica is not there yet: its port is unknown
-                self._start(pod, key)
-            # A recreated replica has a new rank 0, hence a new port: old ranks never meet it.
-            for key in [k for k in self._master_ports if k not in alive]:
-                del self._master_ports[key]
-
-    def _replica_key(self, pod: Any, pods: Any) -> str | None:
-        replica = pod.metadata.labels.get(LABEL_REPLICA)
-        for other in pods:
-            labels = other.metadata.labels or {}
-            if labels.get(LABEL_REPLICA) == replica and labels.get(LABEL_RANK) == "0":
-                return str(other.metadata.uid)
-        return None
 
     def _topology_file(self, pod: dict[str, Any], pod_dir: Path) -> Path:
         """The topology the pod mounts (one ConfigMap per template version)."""
@@ -207,63 +114,40 @@ class RankRunner:
         path.write_text(json.dumps(json.loads(configmap.data[TOPOLOGY_KEY]), indent=1))
         return path
 
-    def _start(self, pod: Any, replica_key: str) -> None:
-        body = self._api_client.sanitize_for_serialization(pod)
-        container = body["spec"]["containers"][0]
-        name = body["metadata"]["name"]
-        pod_dir = self.workdir / name / body["metadata"]["uid"][:8]
-        pod_dir.mkdir(parents=True, exist_ok=True)
+    def _start(self, pod: BoundPod) -> RankProcess:
         metrics_port = free_port()
-        master_port = self._master_ports.setdefault(replica_key, free_port())
-        environ = pod_environ(container)
+        environ = pod_environ(pod.container)
         environ.update(
             {
                 rank_env.MASTER_ADDR: "127.0.0.1",
-                rank_env.MASTER_PORT: str(master_port),
+                rank_env.MASTER_PORT: str(pod.master_port),
                 # gloo's pairs on loopback too, not on the address the hostname resolves to.
                 "GLOO_SOCKET_IFNAME": "lo",
                 rank_env.METRICS_PORT: str(metrics_port),
-                rank_env.TOPOLOGY: str(self._topology_file(body, pod_dir)),
+                rank_env.TOPOLOGY: str(self._topology_file(pod.body, pod.directory)),
                 "OMP_NUM_THREADS": "1",
             }
         )
         # Last, so it wins over the pod's args: the harness's ranks listen on loopback only.
         command = [
             *(self.python, "-m", "paraserve.cli", "worker"),
-            *(*worker_args(container), "--metrics-addr", "127.0.0.1"),
+            *(*worker_args(pod.container), "--metrics-addr", "127.0.0.1"),
         ]
-        log_path = pod_dir / "worker.log"
-        with log_path.open("ab") as output:
-            process = subprocess.Popen(
-                command,
-                env={**self.base_environ, **environ},
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=pod_dir,
-            )
-        labels = body["metadata"].get("labels") or {}
+        log_path = pod.directory / "worker.log"
+        process = spawn(command, {**self.base_environ, **environ}, log_path, cwd=pod.directory)
         rank = RankProcess(
-            pod=name,
-            uid=body["metadata"]["uid"],
-            replica=int(labels.get(LABEL_REPLICA, 0)),
-            rank=int(labels.get(LABEL_RANK, 0)),
+            pod=pod.name,
+            uid=pod.uid,
+            replica=pod.replica,
+            rank=pod.rank,
             metrics_port=metrics_port,
             process=process,
             log_path=log_path,
             environ=environ,
         )
-        self.ranks[rank.uid] = rank
-        log.info("started %s (pid %d) metrics %s", name, process.pid, rank.address)
-        annotate(self._core, self.namespace, name, rank.address)
-
-
-def annotate(core: Any, namespace: str, pod: str, address: str | None) -> None:
-    """Point the operator's scraper at `address` (None removes the override)."""
-    patch = {"metadata": {"annotations": {METRICS_ADDRESS_ANNOTATION: address}}}
-    try:
-        core.patch_namespaced_pod(pod, namespace, patch)
-    except Exception as error:  # the pod may be gone already; the next pass tells
-        log.warning("could not annotate %s: %s", pod, error)
+        log.info("started %s (pid %d) metrics %s", pod.name, process.pid, rank.address)
+        annotate(self._core, self.namespace, pod.name, rank.address)
+        return rank
 
 
 def main(argv: Sequence[str] | None = None) -> int:
