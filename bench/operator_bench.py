@@ -108,7 +108,8 @@ def inference_deployment(
                 "name": "bench",
                 "dtype": "float16",
                 "parameters": "70B",
-                "architecture": {"numLayers": 80},
+                # A layer per stage at least: PP = size/8 reaches 128 at 1,024 ranks.
+                "architecture": {"numLayers": max(80, size // 8)},
             },
             "parallelism": {"pipeline": size // 8, "tensor": 8, "sequence": 1},
             "gpu": {"memory": "80G"},
@@ -218,13 +219,16 @@ def measure(
         return clock.result(size)
     finally:
         stop.set()
+        # Not `--wait`: 1,024 pods take kwok longer to finish than kubectl's own timeout.
         if kind == "pod":
-            cluster.kubectl("delete", "pods", "-l", f"bench={name}", "-n", namespace, "--wait=true")
+            cluster.kubectl(
+                "delete", "pods", "-l", f"bench={name}", "-n", namespace, "--wait=false"
+            )
         else:
-            cluster.kubectl("delete", kind, name, "-n", namespace, "--wait=true")
+            cluster.kubectl("delete", kind, name, "-n", namespace, "--wait=false")
         cluster.wait_for(
             lambda: not cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout,
-            timeout=300,
+            timeout=900,
             what="pods deleted",
         )
         watcher.join(timeout=10)
