@@ -199,12 +199,12 @@ def converge(
             continue
         if result.ok or time.monotonic() > deadline:
             return result, time.monotonic() - started
-        missed = kwok_missed_bindings(result) if kwok_lapse is not None else []
-        if not missed:
+        missed = kwok_missed_bindings(result)
+        if kwok_lapse is None or not missed:
             lapse_since = None
         elif lapse_since is None:
             lapse_since = time.monotonic()
-        elif time.monotonic() - lapse_since > KWOK_LAPSE and kwok_lapse is not None:
+        elif time.monotonic() - lapse_since > KWOK_LAPSE:
             if kwok_restarts < 2:  # twice at most: a third would hide a real fault
                 kwok_lapse.extend(p for p in missed if p not in kwok_lapse)
                 cluster.restart_component("kwok")

@@ -15,10 +15,8 @@ from collections.abc import Iterable
 
 from kopf._cogs.aiokits import aiotoggles
 
-_KopfToggleSet = aiotoggles.ToggleSet
 
-
-class QuietToggleSet(_KopfToggleSet):
+class QuietToggleSet(aiotoggles.ToggleSet):
     """kopf's ToggleSet that notifies on adding or dropping toggles only when its state flips."""
 
     async def make_toggle(
