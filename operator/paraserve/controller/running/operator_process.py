@@ -22,7 +22,7 @@ from paraserve.controller.admission.options import WebhookOptions
 from paraserve.controller.measurement import measure_loop
 from paraserve.controller.reconciling.gang import Backoff
 from paraserve.controller.reconciling.reconcile import ControllerSettings, Reconciler, Views
-from paraserve.controller.running import kopf_toggles, watches
+from paraserve.controller.running import kopf_essence, kopf_toggles, watches
 from paraserve.controller.running.cluster_io import Cluster, load_api_client
 from paraserve.controller.running.leader import Fence, LeaderElector, LeaseTimings
 from paraserve.controller.running.manager import Manager
@@ -190,6 +190,7 @@ async def serve(options: OperatorOptions) -> int:
     kopf_toggles.install()
     registry = build_registry(manager, cluster)
     settings = operator_settings(options)
+    kopf_essence.install(settings, registry)
     if options.webhook is not None:
         from paraserve.controller.admission import server as webhook_server
 
