@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from paraserve.api import (
@@ -59,6 +60,11 @@ class Observation:
     gpus_free: int | None
     # Why an object could not be created: another object holds its name.
     name_taken: str | None = None
+
+    @cached_property
+    def counts(self) -> Counts | None:
+        """The ranks by stage of life; phase, conditions and status all read them, once."""
+        return _counts(self)
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,7 @@ def phase_of(obs: Observation) -> Phase:
     if obs.spec is None or (obs.rejection is not None and not alive):
         waits = obs.rejection is not None and obs.rejection.code in WAITING_CODES
         return Phase.WAITING if waits and obs.spec is not None else Phase.REJECTED
-    counts = _counts(obs)
+    counts = obs.counts
     assert counts is not None
     decision = obs.decision
     if obs.spec.replicas == 0:
@@ -181,7 +187,7 @@ def conditions_of(obs: Observation, phase: Phase) -> list[dict[str, Any]]:
         out.append(_condition(ConditionType.SCHEDULED, False, reason, "nothing is created"))
         out.append(_condition(ConditionType.READY, False, reason, "nothing is created"))
         return out
-    counts = _counts(obs)
+    counts = obs.counts
     assert counts is not None
     stopped = stopped_replicas(obs)
     if stopped:
@@ -244,7 +250,7 @@ def desired_status(obs: Observation, current: Mapping[str, Any], now: str) -> di
         "replicas": len({p.replica for p in obs.pods if not p.terminating}),
     }
     spec, plan = obs.spec, obs.plan
-    counts = _counts(obs)
+    counts = obs.counts
     if spec is not None and counts is not None:
         status["worldSize"] = spec.parallelism.world_size
         status["gpusRequired"] = spec.gpus_required
@@ -352,7 +358,7 @@ def phase_event(
         return ("Warning", obs.rejection.code, obs.rejection.message)
     if old == new:
         return None
-    counts = _counts(obs)
+    counts = obs.counts
     ranks = f"{counts.ready}/{counts.total} ranks ready" if counts else ""
     if new == Phase.WAITING.value:
         warning = next(

@@ -245,6 +245,9 @@ class Reconciler:
         # deployment → pod → expiry: pods created, not yet shown by the watch.
         self._created: dict[Key, dict[str, float]] = {}
         self._look_again: dict[Key, float] = {}
+        # deployment → (uid, template hash, stages) and its topology ConfigMap: the document
+        # of 1,024 ranks costs milliseconds to render, and every reconcile compares it.
+        self._topologies: dict[Key, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         # (namespace, pod) → (expiry, node): placed ranks not yet seen by the watch.
         self._reserved: dict[tuple[str, str], tuple[float, str]] = {}
         # namespace → when it was seen being deleted
@@ -266,6 +269,7 @@ class Reconciler:
             self._last_write.pop(key, None)
             self.writes.forget([key])
             self._created.pop(key, None)
+            self._topologies.pop(key, None)
             return None
         metadata = body.get("metadata", {})
         if metadata.get("deletionTimestamp"):
@@ -650,7 +654,7 @@ class Reconciler:
         uses any more are deleted."""
         wanted = [
             owned_objects.headless_service(owner, spec),
-            owned_objects.topology_configmap(owner, spec, verdict.stages, hash_),
+            self._topology_configmap(key, owner, spec, verdict, hash_),
         ]
         if (api := owned_objects.api_service(owner, spec)) is not None:
             wanted.append(api)
@@ -666,6 +670,24 @@ class Reconciler:
             if kind == "ConfigMap" and version is not None and version not in in_use:
                 uid = str(obj["metadata"].get("uid", ""))
                 await self.cluster.delete_object("ConfigMap", owner.namespace, name, uid)
+
+    def _topology_configmap(
+        self,
+        key: Key,
+        owner: owned_objects.Owner,
+        spec: InferenceDeploymentSpec,
+        verdict: Plan,
+        hash_: str,
+    ) -> dict[str, Any]:
+        """This version's topology ConfigMap, rendered again only when what it is made of
+        changes: the owner, the template (the hash covers every field it reads) or the stages."""
+        made_of = (owner.uid, hash_, tuple(verdict.stages))
+        kept = self._topologies.get(key)
+        if kept is not None and kept[0] == made_of:
+            return kept[1]
+        configmap = owned_objects.topology_configmap(owner, spec, verdict.stages, hash_)
+        self._topologies[key] = (made_of, configmap)
+        return configmap
 
     async def _event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         metadata = body.get("metadata", {})

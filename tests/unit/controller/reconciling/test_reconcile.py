@@ -130,6 +130,28 @@ def test_a_service_or_topology_deleted_out_of_band_is_recreated():
     assert cluster.get("ConfigMap", NS, topology["metadata"]["name"]) is not None
 
 
+def test_a_deployment_recreated_under_its_name_gets_a_topology_owned_by_the_new_one():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    first = cluster.deployment(NS, "d", spec())
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d")
+    # Deleted and made again before the operator looked: the garbage collector took what the
+    # first owned, and the watch shows only the second.
+    for kind in ("Pod", "Service", "ConfigMap"):
+        for obj in cluster.of_kind(kind, NS):
+            cluster.remove(kind, NS, obj["metadata"]["name"])
+    second = cluster.deployment(NS, "d", spec())
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    cluster.deliver()
+    settle(cluster, r, "d")
+    [topology] = cluster.of_kind("ConfigMap", NS)
+    owners = {ref["uid"] for ref in topology["metadata"]["ownerReferences"]}
+    assert owners == {second["metadata"]["uid"]}
+    assert status(cluster, "d")["phase"] == "Ready"
+
+
 def test_a_rolling_update_keeps_the_old_replicas_topology_until_they_are_gone():
     cluster = FakeCluster()
     cluster.node("n0", 4)
