@@ -258,12 +258,22 @@ def operator(cluster: LocalCluster, log: Path) -> Iterator[subprocess.Popen[byte
         process.wait(timeout=30)
 
 
+METHODS = ("inferencedeployment", "inferencedeployment/loose", "pod", "statefulset", "job")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 64, 256])
     parser.add_argument("--nodes", type=int, default=64)
     parser.add_argument(
         "--no-loose", action="store_true", help="skip the InferenceDeployment without affinity"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=sorted(METHODS),
+        default=sorted(METHODS),
+        help="time only these (e.g. two operator builds beside the bare client, in turn)",
     )
     args = parser.parse_args(argv)
     if any(size % 8 or size > args.nodes * 8 for size in args.sizes):
@@ -300,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 if args.no_loose:
                     del cases[1]
+                cases = [case for case in cases if case[0] in args.methods]
                 for kind, body in cases:
                     resource = kind.split("/")[0]
                     created, running = measure(
@@ -327,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             if mine not in ours:
                 continue
             for kind in ("pod", "statefulset", "job"):
+                if kind not in ours:
+                    continue
                 created = ours[mine][0] / ours[kind][0]
                 running = ours[mine][1] / ours[kind][1]
                 print(
