@@ -615,26 +615,29 @@ class Reconciler:
             if waiting:  # look again when they are due, in case they were never shown
                 self._look_again[key] = min(waiting) - now + 0.1
             manifests = [m for m in manifests if pending.get(m["metadata"]["name"], 0.0) < now]
-            try:
-                created = await self.cluster.create_all(manifests)
-            except NameTaken as error:
-                return resource_version or "", error.message
-            expires = time.monotonic() + EXPECT_SECONDS
-            for manifest in manifests:
-                pending[manifest["metadata"]["name"]] = expires
-            self.metrics.pods_created.inc(sum(created))
-            logger.info(
-                "%s/%s: created %d of %d pods (the rest existed already)",
-                namespace,
-                name,
-                sum(created),
-                len(manifests),
-            )
-            whole = [r for r, only in decision.create if only is None]
-            if whole:
-                replicas = ", ".join(str(r) for r in whole)
-                message = f"creating replica {replicas}: {spec.parallelism.world_size} ranks each"
-                await self._event({"metadata": metadata}, "Normal", "CreatingReplica", message)
+            # Every one posted and not shown yet: nothing to send, say or announce again.
+            if manifests:
+                try:
+                    created = await self.cluster.create_all(manifests)
+                except NameTaken as error:
+                    return resource_version or "", error.message
+                expires = time.monotonic() + EXPECT_SECONDS
+                for manifest in manifests:
+                    pending[manifest["metadata"]["name"]] = expires
+                self.metrics.pods_created.inc(sum(created))
+                logger.info(
+                    "%s/%s: created %d of %d pods (the rest existed already)",
+                    namespace,
+                    name,
+                    sum(created),
+                    len(manifests),
+                )
+                whole = [r for r, only in decision.create if only is None]
+                if whole:
+                    replicas = ", ".join(str(r) for r in whole)
+                    world_size = spec.parallelism.world_size
+                    message = f"creating replica {replicas}: {world_size} ranks each"
+                    await self._event({"metadata": metadata}, "Normal", "CreatingReplica", message)
         for event in decision.events:
             if event.reason in (REPLICA_RESTART, REPLICA_STALLED):
                 self.metrics.gang_restarts.inc()

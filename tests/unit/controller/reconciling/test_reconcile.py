@@ -87,6 +87,25 @@ def test_two_tp1_deployments_racing_for_one_node_do_not_both_create():
     assert len(cluster.of_kind("Pod")) == 2
 
 
+def test_reconciles_before_the_watch_shows_a_new_gang_post_it_and_announce_it_once():
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec())
+    cluster.deliver()
+    r = reconciler(cluster)
+
+    async def unseen() -> None:
+        for _ in range(3):  # the watch shows nothing of the pods created by the first
+            await r.reconcile((NS, "d"))
+
+    run(unseen())
+    pod_creates = [call for call in cluster.writes() if call[:2] == ("POST", "Pod")]
+    assert len(pod_creates) == 2  # PP=2: one POST per rank, once
+    assert cluster.reasons().count("CreatingReplica") == 1
+    settle(cluster, r, "d")
+    assert status(cluster, "d")["phase"] == "Ready"
+
+
 def test_a_lagging_watch_never_makes_a_status_write_conflict_with_our_own():
     """The watch has not shown our last write yet: the next reconcile reads that write, so its
     patch is guarded by the right resourceVersion (no 409 against ourselves)."""
