@@ -173,10 +173,15 @@ class LocalCluster:
                 pool.label_selector,
                 "--for=condition=Ready",
                 f"--timeout={int(ready_timeout)}s",
+                timeout=ready_timeout + 30,
             )
             yield pool
         finally:
-            self.kubectl("delete", "node", "-l", pool.label_selector, "--ignore-not-found")
+            # Deleting a thousand nodes takes kubectl longer than its default two minutes.
+            deadline = 120 + len(pool.nodes) * 0.2
+            self.kubectl(
+                "delete", "node", "-l", pool.label_selector, "--ignore-not-found", timeout=deadline
+            )
 
     def wait_for(
         self,
