@@ -159,6 +159,11 @@ class Views:
         self._gpu_pods = index
         self.live.set_pods(index.get(ALL, ()))
 
+    def seed_pool(self) -> None:
+        """`live` set to every node and GPU pod the indexes hold now (once all are listed)."""
+        self.live.set_nodes(self._nodes.get(ALL, ()))
+        self.live.set_pods(self._gpu_pods.get(ALL, ()))
+
     def deployment(self, key: Key) -> dict[str, Any] | None:
         store = self.deployments.get(key)
         return next(iter(store), None) if store is not None else None

@@ -131,6 +131,9 @@ class Manager:
         if self.listed_after is None:
             self.listed_after = time.monotonic() - self._started
             logger.info("every watch listed and indexed after %.1fs", self.listed_after)
+            # The listed pods' own handlers run one by one from now on, and a reconcile may
+            # come first: the pool starts as the complete indexes hold it.
+            self.views.seed_pool()
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from paraserve.controller.running import watches
 from paraserve.controller.running.manager import RETRY_MAX, Manager, retry_delay
 from paraserve.controller.running.operator_metrics import OperatorMetrics
 from paraserve.controller.running.workqueue import WorkQueue
+from paraserve.planner.live_pool import LivePool
 
 NS = "team"
 SPEC = {
@@ -100,6 +101,30 @@ def test_no_rank_is_deleted_or_created_before_the_watches_have_shown_the_world()
     run(restart())
     assert [c for c in cluster.writes()[writes:] if c[0] in ("DELETE", "POST")] == []
     assert len(cluster.of_kind("Pod")) == 30
+
+
+def test_a_restarted_operator_counts_gpus_of_pods_whose_own_handlers_have_not_run_yet():
+    """kopf calls handlers once every index is listed, then works through the listed objects
+    one by one: the first reconcile may come before the pod events that would fill the pool.
+    The pool starts from the indexes, so a new deployment does not take GPUs already held."""
+    cluster = running_world(deployments=1)  # d0's 10 ranks hold every GPU of n0
+    cluster.deployment(NS, "new", SPEC)
+    cluster.deliver()
+    cluster.views.live = LivePool()  # a new process: the node's event ran, no pod's yet
+    cluster.views.live.set_nodes(cluster.views.all_nodes())
+    writes = len(cluster.writes())
+    manager = manager_of(cluster)
+
+    async def restart() -> None:
+        manager.start()
+        manager.deployment_event((NS, "new"), deleted=False)
+        await asyncio.sleep(0.3)
+        await manager.stop()
+
+    run(restart())
+    assert [c for c in cluster.writes()[writes:] if c[:2] == ("POST", "Pod")] == []
+    body = cluster.get("InferenceDeployment", NS, "new")
+    assert body is not None and body["status"]["phase"] == "Waiting"
 
 
 def test_a_rank_really_lost_during_the_outage_restarts_its_gang_after_the_restart():
