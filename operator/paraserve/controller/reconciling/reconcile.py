@@ -247,6 +247,10 @@ class Reconciler:
         self.clock = clock
         self.writes = writes or DeploymentWrites(cluster, views.deployment)
         self._last_write: dict[Key, float] = {}
+        #: deployment → when its deferred progress-only status write is due. Until then a watch
+        #: event can only count ranks again: the manager lets events wait for it (a gang of
+        #: 1,024 ranks starting sends thousands, each a whole reconcile).
+        self.counting_until: dict[Key, float] = {}
         # deployment → pod → expiry: pods created, not yet shown by the watch.
         self._created: dict[Key, dict[str, float]] = {}
         self._look_again: dict[Key, float] = {}
@@ -269,6 +273,7 @@ class Reconciler:
                 return None
 
     async def _reconcile(self, key: Key) -> float | None:
+        self.counting_until.pop(key, None)
         body = self.writes.current(key)
         if body is None:
             self._last_write.pop(key, None)
@@ -361,6 +366,7 @@ class Reconciler:
             # Ranks becoming ready one by one: at most one such write per interval per deployment.
             wait = self._last_write.get(key, -1e9) + PROGRESS_WRITE_INTERVAL - time.monotonic()
             if wait > 0:
+                self.counting_until[key] = time.monotonic() + wait
                 return min(wait, requeue) if requeue is not None else wait
         if patch:
             self._last_write[key] = time.monotonic()

@@ -83,13 +83,22 @@ class Manager:
             self.seen.discard(key)
         else:
             self.seen.add(key)
-        self.enqueue(key)
+        self._add(key)  # a spec change or a deletion is never held back
 
     def enqueue(self, key: Key) -> None:
+        """A pod, owned object or pool change of this deployment: look at it again, once its
+        deferred progress write is due if it has one (nothing earlier would be written)."""
         if self._off_loop():
             self._hand_off(self.enqueue, key)
             return
         self._note_listed()
+        due = self.reconciler.counting_until.get(key)
+        if due is not None and (wait := due - time.monotonic()) > 0:
+            self.queue.add_after(key, wait)
+            return
+        self._add(key)
+
+    def _add(self, key: Key) -> None:
         self.queue.add(key)
         self.metrics.queue_depth.set(len(self.queue))
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import kopf
@@ -127,6 +128,56 @@ def test_a_restarted_operator_counts_gpus_of_pods_whose_own_handlers_have_not_ru
     assert body is not None and body["status"]["phase"] == "Waiting"
 
 
+def test_ranks_turning_ready_one_by_one_cost_a_reconcile_per_status_write_not_per_event():
+    """A gang starting: every rank's readiness is a watch event, but the status of ranks
+    counted is written at most once a second; events meanwhile wait for that write."""
+    cluster = running_world(deployments=1)
+    key = (NS, "d0")
+    pods = cluster.pods_of(*key)
+    for pod in pods:  # bound and running, not ready yet
+        pod["status"]["conditions"][1]["status"] = "False"
+        cluster.put(pod)
+    cluster.deliver()
+    manager = manager_of(cluster)
+    reconciled: list[float] = []
+    reconcile = manager.reconciler.reconcile
+
+    async def counted(key: Key) -> float | None:
+        reconciled.append(time.monotonic())
+        return await reconcile(key)
+
+    manager.reconciler.reconcile = counted  # type: ignore[method-assign]
+
+    async def ranks_turn_ready() -> None:
+        manager.start()
+        manager.deployment_event(key, deleted=False)
+        await asyncio.sleep(0.2)
+        for pod in pods[:-1]:
+            pod["status"]["conditions"][1]["status"] = "True"
+            cluster.put(pod)
+            cluster.deliver()
+            manager.enqueue(key)  # the pod's watch event
+            await asyncio.sleep(0.05)
+        before = len(reconciled)
+        # Meanwhile the spec changes: its own event is never held back.
+        manager.deployment_event(key, deleted=False)
+        await asyncio.sleep(0.05)
+        assert len(reconciled) == before + 1
+        last = pods[-1]
+        last["status"]["conditions"][1]["status"] = "True"
+        cluster.put(last)
+        cluster.deliver()
+        manager.enqueue(key)
+        await asyncio.sleep(1.5)
+        await manager.stop()
+
+    run(ranks_turn_ready())
+    assert len(reconciled) <= 6, f"{len(reconciled)} reconciles for 10 pod events"
+    body = cluster.get("InferenceDeployment", *key)
+    assert body is not None and body["status"]["ranks"]["ready"] == 10
+    assert body["status"]["phase"] == "Ready"
+
+
 def test_a_rank_really_lost_during_the_outage_restarts_its_gang_after_the_restart():
     cluster = running_world(deployments=2)
     lost = cluster.pods_of(NS, "d1")[4]
@@ -199,6 +250,7 @@ def test_a_deployment_failing_thousands_of_times_keeps_its_worker():
         def __init__(self) -> None:
             self.views = FakeCluster().views
             self.settings = ControllerSettings(workers=1)
+            self.counting_until: dict[Key, float] = {}
             self.calls = 0
 
         async def reconcile(self, key: Key) -> float | None:
@@ -281,6 +333,7 @@ def test_one_deployment_is_never_reconciled_by_two_workers_at_once():
         def __init__(self) -> None:
             self.views = FakeCluster().views
             self.settings = ControllerSettings(workers=4)
+            self.counting_until: dict[Key, float] = {}
             self.count = 0
 
         async def reconcile(self, key: Key) -> float | None:
