@@ -190,3 +190,31 @@ def test_a_snapshot_replaces_what_was_there():
     live.set_nodes(nodes[1:])  # and so is n0, with p0 on it
     assert live.pool(SPECS[0]) == Pool.from_objects(nodes[1:], pods[:1], SPECS[0])
     assert len(live) == 1 and ("a", "p1") not in live
+
+
+def test_a_node_tainted_and_untainted_is_taken_out_and_put_back_without_a_rebuild(monkeypatch):
+    """The node controller taints nodes whose heartbeats lapse and untaints them: at 1,313 nodes
+    each rebuild was a pass over every node, on the event loop, in every reconcile."""
+    from paraserve.planner import live_pool
+
+    builds: list[int] = []
+    pool_nodes = live_pool.pool_nodes
+    monkeypatch.setattr(
+        live_pool, "pool_nodes", lambda *a, **k: builds.append(1) or pool_nodes(*a, **k)
+    )
+    live = LivePool()
+    nodes = [
+        {"metadata": {"name": n}, "spec": {}, "status": {"allocatable": {"nvidia.com/gpu": "8"}}}
+        for n in ("n0", "n1", "n2")
+    ]
+    for node in nodes:
+        live.put_node(node)
+    assert live.pool(SPECS[0]).free == 24
+    lapsed = {**nodes[1], "spec": {"taints": [{"key": "node.kubernetes.io/unreachable",
+                                                "effect": "NoSchedule"}]}}  # fmt: skip
+    live.put_node(lapsed)
+    assert [n.name for n in live.pool(SPECS[0]).nodes] == ["n0", "n2"]
+    live.put_node(nodes[1])
+    assert live.pool(SPECS[0]) == Pool.from_objects(nodes, [], SPECS[0])
+    assert [n.name for n in live.pool(SPECS[0]).nodes] == ["n0", "n1", "n2"]
+    assert builds == [1]
