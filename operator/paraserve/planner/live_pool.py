@@ -4,9 +4,9 @@
 long to spend on an operator's event loop in every reconcile. `LivePool` is told of each node
 and pod as the watch sees it and keeps, per GPU resource, what each node's pods use; asking
 for the pool of a spec then costs a copy of a tuple, and a change of a node itself (labels,
-taints, cordon, allocatable) is taken in at that node's place, without a look at every other. Its pools equal
-`Pool.from_objects` over the same nodes and pods (a property test holds them equal after any
-sequence of events).
+taints, cordon, allocatable) is taken in at that node's place, without a look at every other.
+Its pools equal `Pool.from_objects` over the same nodes and pods (a property test holds them
+equal after any sequence of events).
 """
 
 from __future__ import annotations
