@@ -118,7 +118,7 @@ class ControllerSettings:
     default_image: str = DEFAULT_WORKER_IMAGE
     backoff: Backoff = field(default_factory=Backoff)
     resync_seconds: float = 60.0
-    workers: int = 4
+    workers: int = 16
     # A rank the scheduler cannot place this long fails its gang (it is re-placed).
     unschedulable_after: float = 120.0
     # A rank bound to a node but not started this long (ContainerCreating) fails its gang.
