@@ -343,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     nodes = math.ceil(ranks / 8 * 1.05)
     print(f"{args.deployments} deployments, {ranks} rank pods, {nodes} nodes × 8 GPUs", flush=True)
     log = sys.stderr
-    with running_cluster() as cluster:
+    # 1,313 kwok nodes: with leases of 40 s kwok fell behind renewing them on two saturated
+    # cores and nodes went NotReady under the operator (a run of 2026-12-02): the harness.
+    with running_cluster(node_lease_seconds=600) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD.stem}")
         begun = time.monotonic()

@@ -117,7 +117,12 @@ def _log_tail(path: Path, lines: int = 25) -> str:
 class ControlPlane:
     """One local cluster: its working directory, its processes and how to reach it."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, node_lease_seconds: int = 40) -> None:
+        # kwok's node leases, renewed every quarter of it, and the node controller's grace
+        # before a node without one is NotReady (kubelet's 40 s and kube's 50 s by default). A
+        # bench of a thousand nodes raises both: kwok renewing 1,313 leases every 10 s on two
+        # saturated cores falls behind, and nodes went NotReady under the operator.
+        self.node_lease_seconds = node_lease_seconds
         self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         # Created by start(), after the run is recorded, so a crash in between leaves no orphan.
         self.workdir = workdir or Path(tempfile.gettempdir()) / f"paraserve-cluster-{self.run_id}"
@@ -365,6 +370,7 @@ class ControlPlane:
                 f"--cluster-signing-cert-file={pki.ca_cert}",
                 f"--cluster-signing-key-file={pki.ca_key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--node-monitor-grace-period={self.node_lease_seconds * 5 // 4}s",
             ],
         )
         self._wait("kube-controller-manager", self._probe("kube-controller-manager"), deadline)
@@ -387,7 +393,7 @@ class ControlPlane:
                 f"--manage-nodes-with-annotation-selector={key}={value}",
                 f"--cidr={POD_CIDR}",
                 "--node-ip=127.0.0.1",
-                "--node-lease-duration-seconds=40",
+                f"--node-lease-duration-seconds={self.node_lease_seconds}",
                 f"--server-address=127.0.0.1:{self.ports.kwok}",
             ],
             # kwok reads ~/.kwok/kwok.yaml when it exists: keep it out of a user's own config.

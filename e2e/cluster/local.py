@@ -241,9 +241,9 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def running_cluster(timeout: float = 180) -> Iterator[LocalCluster]:
+def running_cluster(timeout: float = 180, node_lease_seconds: int = 40) -> Iterator[LocalCluster]:
     """Start a cluster, yield it, and stop it (also on errors and at interpreter exit)."""
-    plane = ControlPlane()
+    plane = ControlPlane(node_lease_seconds=node_lease_seconds)
     try:
         plane.start(timeout=timeout)
         yield LocalCluster(plane)
