@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from e2e import audit
-from e2e.cluster.local import LocalCluster
+from e2e.cluster.local import CommandError, LocalCluster
 from operator_fixtures import REPO, OperatorProcess
 
 LABEL_DEPLOYMENT = "paraserve.dev/deployment"
@@ -291,6 +291,22 @@ def census(
 def restart_events(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
     items = cluster.get("events", namespace=namespace)["items"]
     return [e for e in items if e.get("reason") == "ReplicaRestart"]
+
+
+def pod_deletion_events(cluster: LocalCluster, namespace: str) -> str:
+    """The cluster's own word on pods it deleted (the node controller's evictions)."""
+    try:
+        listing = cluster.kubectl(
+            "get", "events", "-n", namespace, "-o",
+            "custom-columns=REASON:.reason,OBJECT:.involvedObject.name,FROM:.source.component,"
+            "MESSAGE:.message",
+            timeout=20,
+        )  # fmt: skip
+    except CommandError as error:
+        return f"(events not read: {error})"
+    wanted = ("Evict", "Taint", "Delet", "Killing", "NodeNotReady")
+    lines = listing.stdout.splitlines()
+    return "\n".join(line for line in lines if any(w in line for w in wanted)) or "(none)"
 
 
 def writes_of(

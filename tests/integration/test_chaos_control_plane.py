@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chaos_tools import Census, ChaosOperator, PodLedger, census, figures
+from chaos_tools import Census, ChaosOperator, PodLedger, census, figures, pod_deletion_events
 from e2e.cluster.controlplane import COMPONENTS
 from e2e.cluster.local import CommandError, LocalCluster
 from operator_fixtures import deployment
@@ -211,19 +211,3 @@ def converge(
                 kwok_restarts += 1
             lapse_since = None
         time.sleep(1)
-
-
-def pod_deletion_events(cluster: LocalCluster, namespace: str) -> str:
-    """The cluster's own word on pods it deleted (the node controller's evictions)."""
-    try:
-        listing = cluster.kubectl(
-            "get", "events", "-n", namespace, "-o",
-            "custom-columns=REASON:.reason,OBJECT:.involvedObject.name,FROM:.source.component,"
-            "MESSAGE:.message",
-            timeout=20,
-        )  # fmt: skip
-    except CommandError as error:
-        return f"(events not read: {error})"
-    wanted = ("Evict", "Taint", "Delet", "Killing", "NodeNotReady")
-    lines = listing.stdout.splitlines()
-    return "\n".join(line for line in lines if any(w in line for w in wanted)) or "(none)"

@@ -15,7 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-from chaos_tools import ChaosOperator, PodLedger, census, figures, restart_events, writes_of
+from chaos_tools import (
+    ChaosOperator,
+    PodLedger,
+    census,
+    figures,
+    pod_deletion_events,
+    restart_events,
+    writes_of,
+)
 from e2e import audit
 from e2e.cluster.local import LocalCluster
 from operator_fixtures import deployment
@@ -160,7 +168,12 @@ def test_a_hundred_kills_while_deployments_come_and_go(
             f"conflicts (409) answered to the operator over the run: {len(conflicts)}",
         ]
         assert result.ok, f"{result.details()}\n{operator.log_tail()}"
-        assert not recreated, f"pods deleted and recreated that nobody touched: {recreated}"
+        touched = sorted({name.rsplit("-", 2)[0] for name in recreated})
+        assert not recreated, (
+            f"pods deleted and recreated that nobody touched: {recreated}\n"
+            f"why, as the operator and the cluster said it:\n"
+            f"{operator.log_lines(*touched, limit=80)}\n{pod_deletion_events(cluster, namespace)}"
+        )
         assert not any(restarts.values()), f"gang restarts: {restarts}\n{restart_notes}"
         assert not quiet_writes, "a converged operator kept writing:\n" + audit.describe(
             quiet_writes

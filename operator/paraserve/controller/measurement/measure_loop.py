@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import kopf
@@ -46,6 +46,10 @@ from paraserve.controller.rank_pods import RankPod
 logger = logging.getLogger("paraserve.measure")
 
 Key = tuple[str, str]
+
+#: The share of the interval over which one round's deployments start (the rest is slack for
+#: the slowest scrapes, so a round still ends within the interval).
+SPREAD: Final = 0.8
 
 
 @dataclass(frozen=True)
@@ -171,20 +175,37 @@ class Measurer:
         async with aiohttp.ClientSession() as session:
             while True:
                 started = time.monotonic()
-                await self.measure_all(session, limit)
+                await self.measure_all(session, limit, spread=self.settings.interval * SPREAD)
                 elapsed = time.monotonic() - started
                 await asyncio.sleep(max(0.0, self.settings.interval - elapsed))
 
-    async def measure_all(self, session: aiohttp.ClientSession, limit: asyncio.Semaphore) -> None:
+    async def measure_all(
+        self, session: aiohttp.ClientSession, limit: asyncio.Semaphore, *, spread: float = 0.0
+    ) -> None:
+        """Measure every deployment once; their starts are spread evenly over `spread` seconds.
+
+        All at once, 1,000 deployments' scrapes and status decisions land on the event loop in
+        one burst every interval (seconds of stall for the reconciles and the webhook).
+        """
         keys = [key for key in list(self.deployments.keys()) if isinstance(key, tuple)]
         self._gpu_reading = None
         for key in [k for k in self._history if k not in keys]:
             del self._history[key]
             self._unreachable.pop(key, None)
             self._progress.pop(key, None)
-        results = await asyncio.gather(
-            *(self.measure(key, session, limit) for key in keys), return_exceptions=True
-        )
+        gap = spread / len(keys) if keys else 0.0
+        started = time.monotonic()
+        measuring: list[asyncio.Future[bool]] = []
+        try:
+            for index, key in enumerate(keys):
+                if gap > 0 and (wait := started + index * gap - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)
+                measuring.append(asyncio.ensure_future(self.measure(key, session, limit)))
+        except BaseException:  # stopped while pacing: what has started stops too
+            for task in measuring:
+                task.cancel()
+            raise
+        results = await asyncio.gather(*measuring, return_exceptions=True)
         for key, result in zip(keys, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result

@@ -587,12 +587,16 @@ class Reconciler:
         except NameTaken as error:
             return resource_version or "", error.message
         if decision.delete:
+            # Why, in the log too: an Event may not get through (and is gone after an hour).
+            reasons = "; ".join(f"{e.reason}: {e.message}" for e in decision.events)
             logger.info(
-                "%s/%s: deleting %d pods: %s",
+                "%s/%s: deleting %d pods: %s (%s)",
                 namespace,
                 name,
                 len(decision.delete),
                 " ".join(p.name for p in decision.delete),
+                reasons
+                or f"restarting {list(decision.restarting)}, stopped {list(decision.stopped)}",
             )
             await self.cluster.delete_pods(namespace, [(p.name, p.uid) for p in decision.delete])
         if decision.create:
