@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from paraserve.api import InferenceDeploymentSpec
-from paraserve.api.labels import LABEL_DEPLOYMENT, PLANNED_NODE_ANNOTATION
+from paraserve.api.labels import GROUP_SIZE_ANNOTATION, LABEL_DEPLOYMENT, PLANNED_NODE_ANNOTATION
 from paraserve.controller.reconciling import placement
 from paraserve.planner import Pool
 from paraserve.planner.live_pool import LivePool
@@ -218,3 +218,57 @@ def test_a_node_tainted_and_untainted_is_taken_out_and_put_back_without_a_rebuil
     assert live.pool(SPECS[0]) == Pool.from_objects(nodes, [], SPECS[0])
     assert [n.name for n in live.pool(SPECS[0]).nodes] == ["n0", "n1", "n2"]
     assert builds == [1]
+
+
+def pinned_rank(name: str, rank: int, *, node: str | None, planned: str) -> dict[str, Any]:
+    """A rank of deployment d0, replica 0, pinned with its tensor-parallel group of 2."""
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "a",
+            "labels": {
+                LABEL_DEPLOYMENT: "d0",
+                "paraserve.dev/replica": "0",
+                "paraserve.dev/rank": str(rank),
+            },
+            "annotations": {PLANNED_NODE_ANNOTATION: planned, GROUP_SIZE_ANNOTATION: "2"},
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [container(1, "nvidia.com/gpu", False)],
+        },
+        "status": {"phase": "Running" if node else "Pending"},
+    }
+
+
+def test_a_pinned_group_holds_its_node_for_the_members_not_created_yet():
+    # An operator killed while creating a group (or a create lost) leaves one member: the
+    # other member's GPU stays spoken for, or another deployment would be placed into it and
+    # the member created later could never be scheduled.
+    live = LivePool()
+    target = SPECS[0]
+    for name in ("n0", "n1"):
+        live.put_node(
+            {
+                "metadata": {"name": name, "labels": {}},
+                "spec": {},
+                "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+            }
+        )
+    assert live.free_by_node(target) == {"n0": 8, "n1": 8}
+    live.put_pod(pinned_rank("d0-0-2", 2, node=None, planned="n1"))
+    assert live.free_by_node(target) == {"n0": 8, "n1": 6}
+    live.put_pod(pinned_rank("d0-0-2", 2, node="n1", planned="n1"))  # bound: still 2 held
+    assert live.free_by_node(target) == {"n0": 8, "n1": 6}
+    live.put_pod(pinned_rank("d0-0-3", 3, node=None, planned="n1"))  # the other one comes
+    assert live.free_by_node(target) == {"n0": 8, "n1": 6}
+    live.remove_pod("a", "d0-0-2")  # one goes: the group still holds both GPUs
+    assert live.free_by_node(target) == {"n0": 8, "n1": 6}
+    live.remove_pod("a", "d0-0-3")  # the whole group is gone
+    assert live.free_by_node(target) == {"n0": 8, "n1": 8}
+    # A pool asked for before any pod (the resource tracked from then on) sees the same.
+    fresh = LivePool()
+    for node in live.nodes():
+        fresh.put_node(node)
+    fresh.put_pod(pinned_rank("d0-0-2", 2, node="n1", planned="n1"))
+    assert fresh.free_by_node(target) == {"n0": 8, "n1": 6}

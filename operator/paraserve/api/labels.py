@@ -16,6 +16,10 @@ MANAGER: Final = "paraserve-operator"
 
 #: The node the operator placed a rank's tensor-parallel group on (before the scheduler binds).
 PLANNED_NODE_ANNOTATION: Final = "paraserve.dev/node"
+#: On a pinned rank: how many ranks its group has (all pinned to one node). A group holds its node's
+#: GPUs from its first member on, also for members not created yet (an operator killed while
+#: creating the group, or a create lost): another deployment is never placed into their GPUs.
+GROUP_SIZE_ANNOTATION: Final = "paraserve.dev/group-size"
 
 #: Overrides the pod IP and port, for ranks whose metrics are served elsewhere (a sidecar,
 #: a proxy, or a test harness running the rank outside its pod): ``host:port``.

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from paraserve.api import InferenceDeploymentSpec, Toleration
-from paraserve.api.labels import LABEL_DEPLOYMENT, PLANNED_NODE_ANNOTATION
+from paraserve.api.labels import (
+    GROUP_SIZE_ANNOTATION,
+    LABEL_DEPLOYMENT,
+    LABEL_RANK,
+    LABEL_REPLICA,
+    PLANNED_NODE_ANNOTATION,
+)
 from paraserve.planner.pool import (
     Exclusions,
     Pool,
@@ -31,6 +37,7 @@ from paraserve.planner.pool import (
 
 PodKey = tuple[str, str]  # (namespace, name)
 Owner = tuple[str, str]  # (namespace, deployment): the rank pods of one deployment
+GroupKey = tuple[str, str, int, int]  # (namespace, deployment, replica, group): pinned ranks
 
 _TERMINATED: Final = ("Succeeded", "Failed")
 # Distinct (resource, selector, tolerations) kept at once; more are simply built again.
@@ -45,14 +52,19 @@ class _PodRecord:
     planned: str | None
     owner: Owner | None
     spec: Mapping[str, Any]
+    # A pinned rank: its tensor-parallel group and how many ranks the group has.
+    group: GroupKey | None = None
+    group_size: int = 0
     requests: dict[str, int] = field(default_factory=dict)  # by resource, as asked for
 
     def same_place(self, other: _PodRecord) -> bool:
-        return (self.node, self.planned, self.owner, self.spec) == (
+        return (self.node, self.planned, self.owner, self.spec, self.group, self.group_size) == (
             other.node,
             other.planned,
             other.owner,
             other.spec,
+            other.group,
+            other.group_size,
         )
 
     def request(self, resource: str) -> int:
@@ -60,6 +72,22 @@ class _PodRecord:
         if count is None:
             count = self.requests[resource] = pod_gpu_request(self.spec, resource)
         return count
+
+
+@dataclass
+class _Group:
+    """The members seen of one pinned group: the ones not seen hold GPUs on its node."""
+
+    node: str
+    size: int
+    members: dict[PodKey, _PodRecord] = field(default_factory=dict)
+
+    def missing(self, resource: str) -> int:
+        """GPUs of `resource` held for the members not seen (as many as one member asks)."""
+        absent = self.size - len(self.members)
+        if absent <= 0 or not self.members:
+            return 0
+        return absent * next(iter(self.members.values())).request(resource)
 
 
 @dataclass
@@ -135,6 +163,7 @@ class LivePool:
         self._used: dict[str, dict[str, int]] = {}
         # resource → node → GPUs of pods the operator placed there that are not bound yet.
         self._planned: dict[str, dict[str, int]] = {}
+        self._groups: dict[GroupKey, _Group] = {}
         self._views: dict[tuple[Any, ...], _View] = {}
 
     # -- what the watch says ------------------------------------------------------------------
@@ -175,6 +204,7 @@ class LivePool:
         self._count(record, +1)
         if record.owner is not None:
             self._owned.setdefault(record.owner, set()).add(key)
+        self._join(key, record)
         return True
 
     def remove_pod(self, namespace: str, name: str) -> bool:
@@ -184,6 +214,7 @@ class LivePool:
             return False
         self._count(old, -1)
         self._disown(key, old)
+        self._leave(key, old)
         return True
 
     def set_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
@@ -289,7 +320,38 @@ class LivePool:
             planned = self._planned[resource] = {}
             for record in self._pods.values():
                 _add(used, planned, record, resource, +1)
+            for group in self._groups.values():
+                _hold(planned, group, resource, +1)
         return used
+
+    def _join(self, key: PodKey, record: _PodRecord) -> None:
+        """A pinned rank seen: its group holds one GPU share less for members not seen."""
+        if record.group is None:
+            return
+        group = self._groups.get(record.group)
+        node = record.node or record.planned
+        if group is None:
+            group = self._groups[record.group] = _Group(node=str(node), size=record.group_size)
+        self._held(group, -1)
+        group.members[key] = record
+        self._held(group, +1)
+
+    def _leave(self, key: PodKey, record: _PodRecord) -> None:
+        if record.group is None:
+            return
+        group = self._groups.get(record.group)
+        if group is None:
+            return
+        self._held(group, -1)
+        group.members.pop(key, None)
+        if group.members:
+            self._held(group, +1)
+        else:
+            del self._groups[record.group]
+
+    def _held(self, group: _Group, sign: int) -> None:
+        for resource, planned in self._planned.items():
+            _hold(planned, group, resource, sign)
 
     def _count(self, record: _PodRecord, sign: int) -> None:
         for resource, used in self._used.items():
@@ -346,6 +408,17 @@ def _add(
     return node
 
 
+def _hold(planned: dict[str, int], group: _Group, resource: str, sign: int) -> None:
+    count = group.missing(resource)
+    if not count:
+        return
+    total = planned.get(group.node, 0) + sign * count
+    if total:
+        planned[group.node] = total
+    else:
+        planned.pop(group.node, None)
+
+
 def _record(pod: Mapping[str, Any]) -> _PodRecord | None:
     spec = pod.get("spec") or {}
     if (pod.get("status") or {}).get("phase") in _TERMINATED:
@@ -359,9 +432,30 @@ def _record(pod: Mapping[str, Any]) -> _PodRecord | None:
     )
     if node is None and planned is None:
         return None
-    deployment = (metadata.get("labels") or {}).get(LABEL_DEPLOYMENT)
-    owner = (str(metadata.get("namespace", "")), str(deployment)) if deployment else None
-    return _PodRecord(node=node, planned=planned, owner=owner, spec=spec)
+    labels = metadata.get("labels") or {}
+    deployment = labels.get(LABEL_DEPLOYMENT)
+    namespace = str(metadata.get("namespace", ""))
+    owner = (namespace, str(deployment)) if deployment else None
+    group, size = _pinned_group(namespace, labels, metadata.get("annotations") or {})
+    return _PodRecord(
+        node=node, planned=planned, owner=owner, spec=spec, group=group, group_size=size
+    )
+
+
+def _pinned_group(
+    namespace: str, labels: Mapping[str, Any], annotations: Mapping[str, Any]
+) -> tuple[GroupKey | None, int]:
+    """The pinned group a rank belongs to and its size, from the rank's labels and the group
+    annotation; (None, 0) for any other pod."""
+    try:
+        size = int(annotations.get(GROUP_SIZE_ANNOTATION) or 0)
+        replica, rank = int(labels[LABEL_REPLICA]), int(labels[LABEL_RANK])
+    except (KeyError, TypeError, ValueError):
+        return None, 0
+    deployment = labels.get(LABEL_DEPLOYMENT)
+    if size < 2 or not deployment:
+        return None, 0
+    return (namespace, str(deployment), replica, rank // size), size
 
 
 def _tolerations_key(tolerations: Iterable[Toleration]) -> tuple[str, ...]:

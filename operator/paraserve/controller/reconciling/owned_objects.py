@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from paraserve.api import API_VERSION, KIND, InferenceDeploymentSpec, Stage
 from paraserve.api.labels import (
+    GROUP_SIZE_ANNOTATION,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_PP_RANK,
@@ -289,6 +290,7 @@ def rank_pod(
         # (the scheduler's inter-pod affinity costs it a look at every pod for every pod).
         pod_spec["affinity"] = {"nodeAffinity": _pinned(node)}
         annotations[PLANNED_NODE_ANNOTATION] = node
+        annotations[GROUP_SIZE_ANNOTATION] = str(spec.parallelism.tensor)
     else:
         if placement.tensor_parallel_within_node and spec.parallelism.tensor > 1:
             pod_spec["affinity"] = _affinity(owner.name, replica, rank)

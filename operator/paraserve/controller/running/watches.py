@@ -14,6 +14,7 @@ import kopf
 
 from paraserve.api import GROUP, PLURAL, VERSION
 from paraserve.api.labels import (
+    GROUP_SIZE_ANNOTATION,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     MANAGER,
@@ -93,7 +94,7 @@ def gpu_pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
             "annotations": {
                 k: v
                 for k, v in (metadata.get("annotations") or {}).items()
-                if k == PLANNED_NODE_ANNOTATION
+                if k in (PLANNED_NODE_ANNOTATION, GROUP_SIZE_ANNOTATION)
             },
         },
         "spec": {
