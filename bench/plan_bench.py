@@ -7,6 +7,9 @@ building the pool from Node/Pod dicts, plan(), suggest(), and the whole
 `paraserve plan` command on a YAML and on a JSON file of the same pool (parse included):
 in this process, and as a process of its own (interpreter start and imports included, with
 its CPU seconds beside the wall-clock ones: on a shared machine the CPU figure is the steadier).
+A process runs twice over: with paraserve's bytecode cached, as an installed package has it
+(in a temporary pycache_prefix, written by a first run that is not timed), and compiling
+paraserve's modules each time, as a source tree under PYTHONDONTWRITEBYTECODE=1 does.
 PyYAML's own loader on the same YAML file is timed for comparison.
 """
 
@@ -102,19 +105,25 @@ def cli(args: list[str]) -> None:
         main(args)
 
 
-def process(repeat: int, args: list[str]) -> tuple[float, float, float]:
-    """`paraserve ARGS` as a process: median and best wall seconds, median CPU seconds."""
+def process(repeat: int, args: list[str], pycache: Path | None) -> tuple[float, float, float]:
+    """`paraserve ARGS` as a process: median and best wall seconds, median CPU seconds.
+
+    With ``pycache``, bytecode is read from (and first written to) that directory; without,
+    nothing is written and paraserve's modules are compiled on every run.
+    """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT)])}
+    command = [sys.executable, "-m", "paraserve.cli", *args]
+    if pycache is None:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    else:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        command[1:1] = ["-X", f"pycache_prefix={pycache}"]
+        subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False)  # writes it
     walls, cpus = [], []
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "paraserve.cli", *args],
-            stdout=subprocess.DEVNULL,
-            env=env,
-            check=False,
-        )
+        subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False)
         walls.append(time.perf_counter() - start)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
@@ -124,7 +133,7 @@ def process(repeat: int, args: list[str]) -> tuple[float, float, float]:
 def report_process(label: str, seconds: tuple[float, float, float]) -> None:
     median, best, cpu = seconds
     print(
-        f"  {label:<44} median {median * 1000:9.1f} ms   best {best * 1000:9.1f} ms"
+        f"  {label:<60} median {median * 1000:7.1f} ms   best {best * 1000:7.1f} ms"
         f"   CPU {cpu * 1000:7.1f} ms"
     )
 
@@ -191,13 +200,16 @@ def main_bench() -> int:
             ]
             for label, action in measurements:
                 report(label, timed(args.repeat, action))
-            for label, arguments in (
-                ("process: paraserve plan, YAML", command),
-                ("process: paraserve plan --suggest, YAML", [*command, "--suggest"]),
-                ("process: paraserve plan, JSON", json_command),
-                ("process: paraserve plan --suggest, JSON", [*json_command, "--suggest"]),
-            ):
-                report_process(label, process(args.repeat, arguments))
+            for cache, pycache in (("bytecode cached", Path(tmp) / "pycache"), ("compiling", None)):
+                for label, arguments in (
+                    ("paraserve plan, YAML", command),
+                    ("paraserve plan --suggest, YAML", [*command, "--suggest"]),
+                    ("paraserve plan, JSON", json_command),
+                    ("paraserve plan --suggest, JSON", [*json_command, "--suggest"]),
+                ):
+                    report_process(
+                        f"process, {cache}: {label}", process(args.repeat, arguments, pycache)
+                    )
         print()
         text = nodes_file.read_text()
         report(

@@ -254,3 +254,35 @@ def test_the_vllm_example_plans_and_a_contradicting_arg_is_infeasible(
         "message": "engine.args '-tp 4' contradicts parallelism.tensor: the operator renders"
         " '--tensor-parallel-size 2'",
     }
+
+
+def test_a_subcommand_named_first_is_the_only_one_registered(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    only = build_parser("plan")
+    assert only.parse_args(["plan", "-f", "x", "--nodes", "y"]).run.__name__ == "run_plan"
+    with pytest.raises(SystemExit):
+        only.parse_args(["crd"])
+    capsys.readouterr()
+    # Without a subcommand first, --help lists them all.
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+
+
+def test_plan_leaves_the_garbage_collector_as_it_found_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import gc
+
+    assert gc.isenabled()
+    assert main(["plan", "-f", str(GOOD), "--nodes", str(NODES), "-o", "json"]) == 0
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        main(["plan", "-f", str(GOOD), "--nodes", str(NODES), "-o", "json"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -13,7 +13,9 @@ from tests.builders import POOL_LABEL
 from paraserve.api import Dtype, InferenceDeployment, InferenceDeploymentSpec, Parallelism
 from paraserve.api.rank_layout import expert_ranges, ranks
 from paraserve.planner import Pool, codes, plan, suggest
+from paraserve.planner.memory import StageMemories
 from paraserve.planner.report import render
+from paraserve.planner.suggest import candidates
 from paraserve.planner.weights import stage_weights
 
 # Thousands of examples in all, within a few seconds each on a shared two-core machine.
@@ -400,3 +402,34 @@ def test_moe_suggestions_pass_every_check(
     for option in suggest(target, pool):
         assert option.expert in (1, option.tensor)
         assert plan(target.model_copy(update={"parallelism": option.parallelism}), pool).feasible
+
+
+# --- suggest's remembered stage memory -----------------------------------------------------
+
+
+def _remembered_plans_are_the_plans(target: InferenceDeploymentSpec, pool: Pool) -> None:
+    """Every candidate planned with one StageMemories, as suggest does, is the plan made from
+    scratch: what the memo keys on is all stage_memory reads of the parallelism."""
+    memories = StageMemories()
+    for index, candidate in enumerate(candidates(target, pool)):
+        if index >= 200:
+            break
+        variant = target.model_copy(update={"parallelism": candidate})
+        remembered = plan(variant, pool, with_stages=False, memories=memories)
+        assert remembered == plan(variant, pool, with_stages=False), candidate
+
+
+@SLOW
+@given(target=specs(), objects=cluster_objects())
+def test_remembered_stage_memory_is_computed_memory(
+    target: InferenceDeploymentSpec, objects: tuple[list[dict[str, Any]], list[dict[str, Any]]]
+) -> None:
+    _remembered_plans_are_the_plans(target, Pool.from_objects(*objects, target))
+
+
+@SLOW
+@given(target=moe_specs(), objects=cluster_objects())
+def test_remembered_moe_stage_memory_is_computed_memory(
+    target: InferenceDeploymentSpec, objects: tuple[list[dict[str, Any]], list[dict[str, Any]]]
+) -> None:
+    _remembered_plans_are_the_plans(target, Pool.from_objects(*objects, target))

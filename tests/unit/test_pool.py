@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.builders import node, pod, pool_of, spec
 
+from paraserve.api import parse_bytes
 from paraserve.planner import Pool, pod_gpu_request
 
 
@@ -103,3 +108,57 @@ def test_malformed_objects_are_tolerated() -> None:
         spec(placement={"nodeSelector": {}}),
     )
     assert pool.nodes == ()
+
+
+# Objects as a cluster (or a hand-written file) may hold them: well-formed or not.
+quantities = st.one_of(
+    st.none(), st.integers(-2, 9), st.sampled_from(["0", "1", "8", "2k", "x", "-1", "1.5", ""])
+)
+resources = st.dictionaries(st.sampled_from(["nvidia.com/gpu", "cpu"]), quantities, max_size=2)
+held = st.fixed_dictionaries({}, optional={"requests": resources, "limits": resources})
+containers = st.one_of(
+    st.fixed_dictionaries({}, optional={"resources": held | st.none()}),
+    st.none(),
+    st.just("text"),
+)
+pod_specs = st.fixed_dictionaries(
+    {},
+    optional={
+        "containers": st.lists(containers, max_size=3) | st.none() | st.just({}),
+        "initContainers": st.lists(containers, max_size=3) | st.none(),
+    },
+)
+
+
+def scheduler_request(pod_spec: dict[str, Any], resource: str) -> int:
+    """The effective request, written as the scheduler's rule reads."""
+
+    def mapping(value: Any) -> dict[str, Any]:
+        return value if isinstance(value, dict) else {}
+
+    def gpus(container: Any) -> int:
+        held = mapping(mapping(container).get("resources"))
+        for part in ("requests", "limits"):  # a limit alone implies the request
+            value = mapping(held.get(part)).get(resource)
+            try:
+                count = parse_bytes(value) if value is not None else 0
+            except ValueError:
+                count = 0
+            if count:
+                return count
+        return 0
+
+    def listed(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else []
+
+    total = sum(gpus(c) for c in listed(pod_spec.get("containers")))
+    init = max((gpus(c) for c in listed(pod_spec.get("initContainers"))), default=0)
+    return max(total, init)
+
+
+@settings(max_examples=500, deadline=None)
+@given(pod_specs)
+def test_pod_request_is_the_schedulers_rule(pod_spec: dict[str, Any]) -> None:
+    assert pod_gpu_request(pod_spec, "nvidia.com/gpu") == scheduler_request(
+        pod_spec, "nvidia.com/gpu"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -37,13 +38,19 @@ Argument = Annotated[str, Field(max_length=MAX_ARGUMENT)]
 LabelValue = Annotated[str, Field(max_length=MAX_LABEL_VALUE)]
 
 
-def _defaulted(model: type[SpecModel]) -> dict[str, Any]:
+def _defaulted(model: type[SpecModel]) -> Callable[[dict[str, Any]], None]:
     """The CRD default of a nested object: the model's own defaults, spelled out.
 
     The API server validates a default (and its CEL rules) as written, without first
-    applying the defaults of the fields inside it, so ``{}`` would not do.
+    applying the defaults of the fields inside it, so ``{}`` would not do. Written when the
+    JSON schema is made: an instance made at import would build the model's validator then
+    (WireModel defers that to first use).
     """
-    return {"default": model().model_dump(mode="json", by_alias=True, exclude_none=True)}
+
+    def add_default(schema: dict[str, Any]) -> None:
+        schema["default"] = model().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    return add_default
 
 
 class ConfigMapKeyRef(SpecModel):

@@ -8,15 +8,22 @@ from __future__ import annotations
 from paraserve.api import Check, InferenceDeploymentSpec, MemoryBreakdown, Plan, Stage
 from paraserve.api.rank_layout import replica_stages
 from paraserve.planner import codes, rules
-from paraserve.planner.memory import stage_memory, stage_shapes, worst
+from paraserve.planner.memory import StageMemories, stage_memory, stage_shapes, worst
 from paraserve.planner.pool import Pool
 
 
-def plan(spec: InferenceDeploymentSpec, pool: Pool, *, with_stages: bool = True) -> Plan:
+def plan(
+    spec: InferenceDeploymentSpec,
+    pool: Pool,
+    *,
+    with_stages: bool = True,
+    memories: StageMemories | None = None,
+) -> Plan:
     """The verdict on ``spec`` for ``pool``; pure and total (never raises on a valid spec).
 
     ``with_stages=False`` leaves ``stages`` empty: ``suggest`` weighs hundreds of strategies
-    and reads no stage (a plan of PP=80 has 80 of them).
+    and reads no stage (a plan of PP=80 has 80 of them). ``memories``: stage memory already
+    computed for this spec under other parallelisms (``suggest`` again).
     """
     p = spec.parallelism
     gpu_memory = spec.gpu.memory or pool.gpu_memory_bytes
@@ -49,12 +56,18 @@ def plan(spec: InferenceDeploymentSpec, pool: Pool, *, with_stages: bool = True)
     # Stages differ only in layer count, MoE layers and first/last: few distinct breakdowns.
     distinct: dict[tuple[int, int, bool, bool], MemoryBreakdown] = {}
     per_stage = []
+    moe_layers_in = arch.moe_layers_in if arch is not None and arch.experts is not None else None
     for shape in shapes:
-        moe = arch.moe_layers_in(shape.start, shape.end) if arch else 0
+        moe = moe_layers_in(shape.start, shape.end) if moe_layers_in else 0
         key = (shape.layers, moe, shape.first, shape.last)
-        if key not in distinct:
-            distinct[key] = stage_memory(spec, p, shape, gpu_memory)
-        per_stage.append(distinct[key])
+        breakdown = distinct.get(key)
+        if breakdown is None:
+            breakdown = distinct[key] = (
+                stage_memory(spec, p, shape, gpu_memory)
+                if memories is None
+                else memories.get(spec, p, shape, moe, gpu_memory)
+            )
+        per_stage.append(breakdown)
     worst_stage, memory = worst(per_stage)
     checks.append(rules.memory_limit(spec, worst_stage, memory))
 

@@ -112,15 +112,18 @@ def pool_member(
 ) -> tuple[str, int, int | None] | str:
     """(name, allocatable GPUs, GPU memory) of a node in the pool, or why it is not in it
     (an `Exclusions` field name)."""
+    # Loops, not any()/all() over generators: this runs for every node of a large pool.
     metadata = _mapping(node.get("metadata"))
     node_spec = _mapping(node.get("spec"))
     labels = _mapping(metadata.get("labels"))
-    if any(labels.get(key) != value for key, value in selector.items()):
-        return "not_selected"
+    for key, value in selector.items():
+        if labels.get(key) != value:
+            return "not_selected"
     if node_spec.get("unschedulable"):
         return "cordoned"
-    if not all(_tolerated(taint, tolerations) for taint in _list(node_spec.get("taints"))):
-        return "tainted"
+    for taint in _list(node_spec.get("taints")):
+        if not _tolerated(taint, tolerations):
+            return "tainted"
     allocatable = _gpus(_mapping(_mapping(node.get("status")).get("allocatable")), resource)
     if allocatable <= 0:
         return "without_gpus"
@@ -185,19 +188,23 @@ def gpus_requested_by_node(pods: Iterable[Mapping[str, Any]], resource: str) -> 
 
 def pod_gpu_request(pod_spec: Mapping[str, Any], resource: str) -> int:
     """Effective request: max(Σ containers, max init container), as the scheduler counts it."""
-    containers = sum(_container_gpus(c, resource) for c in _list(pod_spec.get("containers")))
-    init = max(
-        (_container_gpus(c, resource) for c in _list(pod_spec.get("initContainers"))), default=0
-    )
+    containers = 0
+    for container in _list(pod_spec.get("containers")):
+        containers += _container_gpus(container, resource)
+    init = 0  # a container's count is never negative
+    initial = pod_spec.get("initContainers")
+    if initial:
+        for container in _list(initial):
+            init = max(init, _container_gpus(container, resource))
     return max(containers, init)
 
 
 def _container_gpus(container: Any, resource: str) -> int:
     resources = _mapping(_mapping(container).get("resources"))
     # Extended resources have requests == limits; a limit alone implies the request.
-    requests = _mapping(resources.get("requests"))
-    limits = _mapping(resources.get("limits"))
-    return _gpus(requests, resource) or _gpus(limits, resource)
+    return _gpus(_mapping(resources.get("requests")), resource) or _gpus(
+        _mapping(resources.get("limits")), resource
+    )
 
 
 def _gpus(resources: Mapping[str, Any], resource: str) -> int:

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field
 
 from paraserve.api import InferenceDeploymentSpec, Parallelism, WireModel
 from paraserve.api.spec import MAX_DEGREE
+from paraserve.planner.memory import StageMemories
 from paraserve.planner.plan import plan
 from paraserve.planner.pool import Pool, PoolNode
 from paraserve.planner.rules import strategy
@@ -60,8 +61,14 @@ def suggest(spec: InferenceDeploymentSpec, pool: Pool) -> list[Suggestion]:
     """Feasible strategies ranked by GPUs used, then memory headroom, then closeness to spec."""
     asked = spec.parallelism
     found = []
+    memories = StageMemories()
     for candidate in candidates(spec, pool):
-        verdict = plan(spec.model_copy(update={"parallelism": candidate}), pool, with_stages=False)
+        verdict = plan(
+            spec.model_copy(update={"parallelism": candidate}),
+            pool,
+            with_stages=False,
+            memories=memories,
+        )
         if not verdict.feasible:
             continue
         found.append(
@@ -171,7 +178,9 @@ def candidates(spec: InferenceDeploymentSpec, pool: Pool) -> Iterator[Parallelis
         for pipeline in range(1, max_pipeline + 1):
             for sequence in sorted({1, tensor}):
                 for expert in expert_degrees(spec, tensor):
-                    yield Parallelism(
+                    # Every degree is within 1..MAX_DEGREE and there are no other fields, so
+                    # validating each of the hundreds of candidates would check nothing.
+                    yield Parallelism.model_construct(
                         pipeline=pipeline, tensor=tensor, sequence=sequence, expert=expert
                     )
 
