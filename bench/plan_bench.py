@@ -7,9 +7,9 @@ building the pool from Node/Pod dicts, plan(), suggest(), and the whole
 `paraserve plan` command on a YAML and on a JSON file of the same pool (parse included):
 in this process, and as a process of its own (interpreter start and imports included, with
 its CPU seconds beside the wall-clock ones: on a shared machine the CPU figure is the steadier).
-A process runs twice over: with paraserve's bytecode cached, as an installed package has it
-(in a temporary pycache_prefix, written by a first run that is not timed), and compiling
-paraserve's modules each time, as a source tree under PYTHONDONTWRITEBYTECODE=1 does.
+A process runs two ways, in turn: with paraserve's bytecode cached, as an installed package
+has it (in a temporary pycache_prefix, written by a first run that is not timed), and
+compiling paraserve's modules each time, as a source tree under PYTHONDONTWRITEBYTECODE=1 does.
 PyYAML's own loader on the same YAML file is timed for comparison.
 """
 
@@ -105,32 +105,48 @@ def cli(args: list[str]) -> None:
         main(args)
 
 
-def process(repeat: int, args: list[str], pycache: Path | None) -> tuple[float, float, float]:
-    """`paraserve ARGS` as a process: median and best wall seconds, median CPU seconds.
+def processes(repeat: int, args: list[str], pycache: Path) -> dict[str, tuple[float, ...]]:
+    """`paraserve ARGS` as a process, both ways in turn (so that a machine slowing down or
+    speeding up weighs on both alike): median and best wall seconds, median CPU seconds.
 
-    With ``pycache``, bytecode is read from (and first written to) that directory; without,
-    nothing is written and paraserve's modules are compiled on every run.
+    "bytecode cached" reads bytecode from ``pycache`` (written by a first, untimed run);
+    "compiling" writes none and compiles paraserve's modules on every run.
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT)])}
-    command = [sys.executable, "-m", "paraserve.cli", *args]
-    if pycache is None:
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-    else:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        command[1:1] = ["-X", f"pycache_prefix={pycache}"]
-        subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False)  # writes it
-    walls, cpus = [], []
+    cached_env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    ways = {
+        "bytecode cached": (
+            [sys.executable, "-X", f"pycache_prefix={pycache}", "-m", "paraserve.cli", *args],
+            cached_env,
+        ),
+        "compiling": (
+            [sys.executable, "-m", "paraserve.cli", *args],
+            {**env, "PYTHONDONTWRITEBYTECODE": "1"},
+        ),
+    }
+    command, cached = ways["bytecode cached"]
+    subprocess.run(command, stdout=subprocess.DEVNULL, env=cached, check=False)  # writes it
+    samples: dict[str, list[tuple[float, float]]] = {way: [] for way in ways}
     for _ in range(repeat):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False)
-        walls.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    return statistics.median(walls), min(walls), statistics.median(cpus)
+        for way, (command, way_env) in ways.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            subprocess.run(command, stdout=subprocess.DEVNULL, env=way_env, check=False)
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            samples[way].append((wall, cpu))
+    return {
+        way: (
+            statistics.median(w for w, _ in runs),
+            min(w for w, _ in runs),
+            statistics.median(c for _, c in runs),
+        )
+        for way, runs in samples.items()
+    }
 
 
-def report_process(label: str, seconds: tuple[float, float, float]) -> None:
+def report_process(label: str, seconds: tuple[float, ...]) -> None:
     median, best, cpu = seconds
     print(
         f"  {label:<60} median {median * 1000:7.1f} ms   best {best * 1000:7.1f} ms"
@@ -200,16 +216,15 @@ def main_bench() -> int:
             ]
             for label, action in measurements:
                 report(label, timed(args.repeat, action))
-            for cache, pycache in (("bytecode cached", Path(tmp) / "pycache"), ("compiling", None)):
-                for label, arguments in (
-                    ("paraserve plan, YAML", command),
-                    ("paraserve plan --suggest, YAML", [*command, "--suggest"]),
-                    ("paraserve plan, JSON", json_command),
-                    ("paraserve plan --suggest, JSON", [*json_command, "--suggest"]),
-                ):
-                    report_process(
-                        f"process, {cache}: {label}", process(args.repeat, arguments, pycache)
-                    )
+            for label, arguments in (
+                ("paraserve plan, YAML", command),
+                ("paraserve plan --suggest, YAML", [*command, "--suggest"]),
+                ("paraserve plan, JSON", json_command),
+                ("paraserve plan --suggest, JSON", [*json_command, "--suggest"]),
+            ):
+                timings = processes(args.repeat, arguments, Path(tmp) / "pycache")
+                for way, seconds in timings.items():
+                    report_process(f"process, {way}: {label}", seconds)
         print()
         text = nodes_file.read_text()
         report(

@@ -96,12 +96,24 @@ class Pool:
 
     def describe(self, *, free: bool = False) -> str:
         """``1 node × 8`` or ``2 nodes × 8 + 1 node × 4``, largest first."""
-        shape = self.free_shape if free else self.allocatable_shape
-        parts = [
-            f"{nodes} node{'s' if nodes != 1 else ''} × {gpus}"
-            for gpus, nodes in sorted(shape.items(), reverse=True)
-        ]
-        return " + ".join(parts) if parts else "no nodes"
+        # Remembered: every plan's capacity checks say it, and suggest makes hundreds of plans.
+        return self._free_description if free else self._description
+
+    @cached_property
+    def _description(self) -> str:
+        return _described(self.allocatable_shape)
+
+    @cached_property
+    def _free_description(self) -> str:
+        return _described(self.free_shape)
+
+
+def _described(shape: Counter[int]) -> str:
+    parts = [
+        f"{nodes} node{'s' if nodes != 1 else ''} × {gpus}"
+        for gpus, nodes in sorted(shape.items(), reverse=True)
+    ]
+    return " + ".join(parts) if parts else "no nodes"
 
 
 def pool_member(
