@@ -96,18 +96,20 @@ def test_dumped_yaml_reads_as_the_loader_reads_it(docs: list[Any], options: dict
 EDITS = [" ", "  ", "-", "- ", ":", ": ", "#", " #", "'", '"', "\n", "\n  ", "|", "{", "&", "\\"]
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(documents, st.data())
-def test_damaged_yaml_is_never_read_differently(doc: Any, data: st.DataObject):
-    """Edited at random, the text reads as the loader reads it, is refused as it refuses it,
-    or is left to the loader: a fast reader never accepts what the loader would not."""
-    text = yaml.dump(doc, Dumper=yaml.SafeDumper, default_flow_style=False, sort_keys=False)
+def damaged(text: str, data: st.DataObject, edits: list[str]) -> str:
+    """`text` with one to three random insertions (of `edits`) or deletions."""
     for _ in range(data.draw(st.integers(1, 3))):
         at = data.draw(st.integers(0, len(text)))
         if data.draw(st.booleans()):
-            text = text[:at] + data.draw(st.sampled_from(EDITS)) + text[at:]
+            text = text[:at] + data.draw(st.sampled_from(edits)) + text[at:]
         else:
             text = text[:at] + text[at + data.draw(st.integers(1, 3)) :]
+    return text
+
+
+def assert_read_as_the_loader_reads(text: str) -> None:
+    """Each fast reader reads `text` as the loader does, refuses it as the loader does, or
+    leaves it to the loader: it never accepts what the loader would not."""
     expected = loaded(text)
     for reader in (read_fast, read_block):
         got = fast(text, reader)
@@ -115,6 +117,15 @@ def test_damaged_yaml_is_never_read_differently(doc: Any, data: st.DataObject):
             assert expected is yaml.YAMLError, (reader.__name__, text)
         else:
             assert got is None or same(got, expected), (reader.__name__, text)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents, st.data())
+def test_damaged_yaml_is_never_read_differently(doc: Any, data: st.DataObject):
+    """Edited at random, the text reads as the loader reads it, is refused as it refuses it,
+    or is left to the loader: a fast reader never accepts what the loader would not."""
+    text = yaml.dump(doc, Dumper=yaml.SafeDumper, default_flow_style=False, sort_keys=False)
+    assert_read_as_the_loader_reads(damaged(text, data, EDITS))
 
 
 KUBECTL_POD = """\
@@ -248,20 +259,7 @@ def test_repeated_lines_read_as_the_loader_reads_them(
 @given(st.lists(repetitive, min_size=1, max_size=3), st.data())
 def test_damaged_repeated_lines_are_never_read_differently(docs: list[Any], data: st.DataObject):
     text = yaml.dump_all(docs, Dumper=yaml.SafeDumper, default_flow_style=False, sort_keys=False)
-    for _ in range(data.draw(st.integers(1, 3))):
-        at = data.draw(st.integers(0, len(text)))
-        if data.draw(st.booleans()):
-            edit = data.draw(st.sampled_from([*EDITS, "---\n", "... ", "- "]))
-            text = text[:at] + edit + text[at:]
-        else:
-            text = text[:at] + text[at + data.draw(st.integers(1, 3)) :]
-    expected = loaded(text)
-    for reader in (read_fast, read_block):
-        got = fast(text, reader)
-        if got is yaml.YAMLError:
-            assert expected is yaml.YAMLError, (reader.__name__, text)
-        else:
-            assert got is None or same(got, expected), (reader.__name__, text)
+    assert_read_as_the_loader_reads(damaged(text, data, [*EDITS, "---\n", "... ", "- "]))
 
 
 @pytest.mark.parametrize(

@@ -133,11 +133,7 @@ def read_block(text: str, plain: PlainScalars) -> list[Any]:
                     if content != "---":
                         raise Unusual("a directive, a document end or content after ---")
                     if started or col >= 0 or root is not MISSING:
-                        if pending is not MISSING:
-                            if is_map:
-                                cont[pending] = None
-                            else:
-                                cont.append(None)
+                        _fill_open(cont, is_map, pending)
                         documents.append(None if root is MISSING else root)
                         col, cont, is_map, pending, root = -1, None, False, MISSING, MISSING
                         parents.clear()
@@ -148,14 +144,8 @@ def read_block(text: str, plain: PlainScalars) -> list[Any]:
             while content[0] == "-" and (len(content) == 1 or content[1] == " "):
                 # An item at `column`: of the sequence there, or of a new one.
                 if col > column:
-                    if pending is not MISSING:
-                        if is_map:
-                            cont[pending] = None
-                        else:
-                            cont.append(None)
-                        pending = MISSING
-                    while col > column:
-                        col, cont, is_map = parents.pop() if parents else (-1, None, False)
+                    col, cont, is_map = _leave_to(column, col, cont, is_map, pending, parents)
+                    pending = MISSING
                 if col == column:
                     if not is_map:
                         if pending is not MISSING:
@@ -215,14 +205,8 @@ def read_block(text: str, plain: PlainScalars) -> list[Any]:
         # -- a mapping key at `column`: of the mapping there, of a new one, or of the mapping
         # an indentless sequence ends in --------------------------------------------------------
         if col > column:
-            if pending is not MISSING:
-                if is_map:
-                    cont[pending] = None
-                else:
-                    cont.append(None)
-                pending = MISSING
-            while col > column:
-                col, cont, is_map = parents.pop() if parents else (-1, None, False)
+            col, cont, is_map = _leave_to(column, col, cont, is_map, pending, parents)
+            pending = MISSING
         if col == column and is_map:
             if pending is not MISSING:
                 cont[pending] = None
@@ -287,10 +271,27 @@ def read_block(text: str, plain: PlainScalars) -> list[Any]:
             raise Unusual("an empty block scalar")
         cont[literal_name] = "\n".join(literal) + ("\n" if literal_keep else "")
     if started or col >= 0 or root is not MISSING:
-        if pending is not MISSING:
-            if is_map:
-                cont[pending] = None
-            else:
-                cont.append(None)
+        _fill_open(cont, is_map, pending)
         documents.append(None if root is MISSING else root)
     return documents
+
+
+def _fill_open(cont: Any, is_map: bool, pending: Any) -> None:
+    """A `key:` or `-` with nothing below it is null (nothing open: nothing to fill)."""
+    if pending is MISSING:
+        return
+    if is_map:
+        cont[pending] = None
+    else:
+        cont.append(None)
+
+
+def _leave_to(
+    column: int, col: int, cont: Any, is_map: bool, pending: Any, parents: list[Any]
+) -> tuple[int, Any, bool]:
+    """A line at `column` ends what is open deeper: its open slot is null, and the containers
+    it is in are left until the one at `column` or above (col, container, is_map of it)."""
+    _fill_open(cont, is_map, pending)
+    while col > column:
+        col, cont, is_map = parents.pop() if parents else (-1, None, False)
+    return col, cont, is_map

@@ -329,9 +329,9 @@ class LivePool:
         if record.group is None:
             return
         group = self._groups.get(record.group)
-        node = record.node or record.planned
         if group is None:
-            group = self._groups[record.group] = _Group(node=str(node), size=record.group_size)
+            node = str(record.node or record.planned)
+            group = self._groups[record.group] = _Group(node=node, size=record.group_size)
         self._held(group, -1)
         group.members[key] = record
         self._held(group, +1)
