@@ -6,12 +6,14 @@ On the local control plane (started here) with a kwok pool of 64 nodes × 8 GPUs
 world size it creates, in turn and alone on the pool:
 
 * an InferenceDeployment (PP = size/8 × TP = 8, one replica) served by `paraserve operator`,
-  once with its TP groups kept within a node (required pod affinity, the default) and once
-  without, to tell the scheduler's affinity cost from the operator's own;
-* a bare client creating `size` one-GPU pods at once (64 concurrent requests): what the API
-  server itself allows, the floor for any controller;
-* a StatefulSet with podManagementPolicy Parallel and `size` replicas of one GPU each;
-* an Indexed Job with `size` completions, all in parallel, one GPU each;
+  once with its TP groups kept within a node (the operator pins each group to a node) and once
+  without, to tell the cost of placement from the rest;
+* a bare client creating the same pods (the operator's renderer and placement, all but the
+  owner reference) with 64 create requests in flight: what the API server itself allows, the
+  floor for any controller;
+* a StatefulSet with podManagementPolicy Parallel and `size` replicas, and an Indexed Job with
+  `size` completions all in parallel, both from rank 0's pod as their template (the same env,
+  ports, volumes and GPU; a single template cannot pin each TP group to its node);
 
 and prints a table of seconds from the create request to the last pod created and to the last pod
 Running (as a watch on the namespace sees them), with the operator's ratio to each baseline.
@@ -92,10 +94,6 @@ def watch_pods(
             time.sleep(0.2)
 
 
-def gpu_container(name: str) -> dict[str, Any]:
-    return {"name": name, "image": IMAGE, "resources": {"limits": {GPU: 1}}}
-
-
 def inference_deployment(
     name: str, size: int, selector: dict[str, str], *, within_node: bool = True
 ) -> dict[str, Any]:
@@ -119,7 +117,47 @@ def inference_deployment(
     }
 
 
-def stateful_set(name: str, size: int, selector: dict[str, str]) -> dict[str, Any]:
+def operator_pods(
+    name: str, namespace: str, size: int, selector: dict[str, str], nodes: list[str]
+) -> list[dict[str, Any]]:
+    """The rank pods the operator makes for `inference_deployment(name, size)`: its own
+    renderer, its own placement of the TP groups on an empty pool. Only the owner is left out
+    (an owner that does not exist would have the garbage collector delete them)."""
+    from paraserve.api import InferenceDeploymentSpec
+    from paraserve.controller.reconciling import owned_objects, placement
+
+    spec = InferenceDeploymentSpec.model_validate(
+        inference_deployment(name, size, selector)["spec"]
+    )
+    tensor = spec.parallelism.tensor
+    groups = placement.place_groups(range(size // tensor), tensor, dict.fromkeys(nodes, 8))
+    assert groups is not None, "the pool holds every group"
+    pods = owned_objects.replica_pods(
+        owned_objects.Owner(name=name, namespace=namespace, uid=""),
+        spec,
+        0,
+        hash_=owned_objects.template_hash(spec, IMAGE),
+        default_image=IMAGE,
+        group_nodes=groups,
+    )
+    for pod in pods:
+        del pod["metadata"]["ownerReferences"]
+        pod["metadata"]["labels"]["bench"] = name
+    return pods
+
+
+def rank_template(
+    name: str, namespace: str, selector: dict[str, str], nodes: list[str]
+) -> dict[str, Any]:
+    """A pod template for the controllers that stamp one template: rank 0's pod (its env,
+    ports, volumes and GPU), less what differs by rank (name, hostname, the pinned node)."""
+    pod = operator_pods(name, namespace, 8, selector, nodes)[0]
+    spec = {k: v for k, v in pod["spec"].items() if k not in ("hostname", "subdomain", "affinity")}
+    return {"spec": spec}
+
+
+def stateful_set(name: str, size: int, template: dict[str, Any]) -> dict[str, Any]:
+    spec = {**template["spec"], "restartPolicy": "Always"}  # the only policy a StatefulSet has
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -129,15 +167,12 @@ def stateful_set(name: str, size: int, selector: dict[str, str]) -> dict[str, An
             "replicas": size,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": {"bench": name}},
-            "template": {
-                "metadata": {"labels": {"bench": name}},
-                "spec": {"nodeSelector": selector, "containers": [gpu_container("rank")]},
-            },
+            "template": {"metadata": {"labels": {"bench": name}}, "spec": spec},
         },
     }
 
 
-def indexed_job(name: str, size: int, selector: dict[str, str]) -> dict[str, Any]:
+def indexed_job(name: str, size: int, template: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -147,13 +182,7 @@ def indexed_job(name: str, size: int, selector: dict[str, str]) -> dict[str, Any
             "parallelism": size,
             "completionMode": "Indexed",
             "backoffLimit": 0,
-            "template": {
-                "spec": {
-                    "restartPolicy": "Never",
-                    "nodeSelector": selector,
-                    "containers": [gpu_container("rank")],
-                }
-            },
+            "template": {"metadata": {"labels": {"bench": name}}, "spec": template["spec"]},
         },
     }
 
@@ -161,22 +190,11 @@ def indexed_job(name: str, size: int, selector: dict[str, str]) -> dict[str, Any
 BARE_CONCURRENCY = 64
 
 
-def bare_pod(name: str, index: int, selector: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{name}-{index}", "labels": {"bench": name}},
-        "spec": {
-            "restartPolicy": "Never",
-            "nodeSelector": selector,
-            # The client's models want quantities as strings.
-            "containers": [{**gpu_container("rank"), "resources": {"limits": {GPU: "1"}}}],
-        },
-    }
-
-
-def create_bare(cluster: LocalCluster, namespace: str, name: str, size: int, selector: Any) -> None:
-    """`size` pods, BARE_CONCURRENCY create requests in flight at a time."""
+def create_bare(cluster: LocalCluster, namespace: str, bodies: list[dict[str, Any]]) -> None:
+    """The pods, BARE_CONCURRENCY create requests in flight at a time, each body serialized and
+    posted on the client's connection pool and nothing else (no model validation, no parsing
+    of the answer): the floor for any client in Python."""
+    import json
     from concurrent.futures import ThreadPoolExecutor
 
     from kubernetes import client, config
@@ -184,15 +202,22 @@ def create_bare(cluster: LocalCluster, namespace: str, name: str, size: int, sel
     configuration = client.Configuration()
     config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
     configuration.connection_pool_maxsize = BARE_CONCURRENCY
-    api = client.CoreV1Api(client.ApiClient(configuration))
-    bodies = [bare_pod(name, i, selector) for i in range(size)]
+    api = client.ApiClient(configuration)
+    _, url, headers, _, _ = api.param_serialize(
+        method="POST",
+        resource_path=f"/api/v1/namespaces/{namespace}/pods",
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    pool_manager = api.rest_client.pool_manager
+
+    def post(body: dict[str, Any]) -> None:
+        answer = pool_manager.request("POST", url, body=json.dumps(body), headers=headers)
+        if answer.status != 201:
+            raise RuntimeError(f"create {body['metadata']['name']}: HTTP {answer.status}")
+
     with ThreadPoolExecutor(BARE_CONCURRENCY) as pool:
-        list(
-            pool.map(
-                lambda body: api.create_namespaced_pod(namespace, body, _preload_content=False),
-                bodies,
-            )
-        )
+        list(pool.map(post, bodies))
 
 
 def measure(
@@ -201,7 +226,7 @@ def measure(
     kind: str,
     body: dict[str, Any],
     size: int,
-    selector: dict[str, str] | None = None,
+    pods: list[dict[str, Any]] | None = None,
 ) -> tuple[float, float]:
     clock = PodClock()
     stop = threading.Event()
@@ -212,7 +237,7 @@ def measure(
     name = body["metadata"]["name"]
     try:
         if kind == "pod":
-            create_bare(cluster, namespace, name, size, selector)
+            create_bare(cluster, namespace, pods or [])
         else:
             cluster.apply(body, namespace=namespace)
         cluster.wait_for(lambda: clock.done(size), timeout=900, interval=0.1, what=kind)
@@ -291,31 +316,33 @@ def main(argv: list[str] | None = None) -> int:
         ):
             # One unrecorded round first: every controller (ours and kube's) has its connections,
             # caches and code paths warm before anything is timed.
+            selector, nodes = pool.node_selector, list(pool.nodes)
+            template = rank_template("rank", namespace, selector, nodes)
+            warm_pods = operator_pods("warm-up", namespace, 8, selector, nodes)
             for kind, body in (
-                ("inferencedeployment", inference_deployment("warm-up", 8, pool.node_selector)),
+                ("inferencedeployment", inference_deployment("warm-up", 8, selector)),
                 ("pod", {"metadata": {"name": "warm-up"}}),
-                ("statefulset", stateful_set("warm-up", 8, pool.node_selector)),
-                ("job", indexed_job("warm-up", 8, pool.node_selector)),
+                ("statefulset", stateful_set("warm-up", 8, template)),
+                ("job", indexed_job("warm-up", 8, template)),
             ):
-                measure(cluster, namespace, kind, body, 8, selector=pool.node_selector)
+                if any(method.split("/")[0] == kind for method in args.methods):
+                    measure(cluster, namespace, kind, body, 8, pods=warm_pods)
             for size in args.sizes:
-                selector = pool.node_selector
                 loose = inference_deployment(f"loose-{size}", size, selector, within_node=False)
                 cases = [
                     ("inferencedeployment", inference_deployment(f"infd-{size}", size, selector)),
                     ("inferencedeployment/loose", loose),
                     ("pod", {"metadata": {"name": f"bare-{size}"}}),
-                    ("statefulset", stateful_set(f"sts-{size}", size, selector)),
-                    ("job", indexed_job(f"job-{size}", size, selector)),
+                    ("statefulset", stateful_set(f"sts-{size}", size, template)),
+                    ("job", indexed_job(f"job-{size}", size, template)),
                 ]
                 if args.no_loose:
                     del cases[1]
                 cases = [case for case in cases if case[0] in args.methods]
                 for kind, body in cases:
                     resource = kind.split("/")[0]
-                    created, running = measure(
-                        cluster, namespace, resource, body, size, selector=selector
-                    )
+                    pods = operator_pods(f"bare-{size}", namespace, size, selector, nodes)
+                    created, running = measure(cluster, namespace, resource, body, size, pods=pods)
                     rows.append((size, kind, created, running))
                     print(f"{kind:>20} {size:>4} pods: created {created:6.2f} s, "
                           f"running {running:6.2f} s", file=sys.stderr, flush=True)  # fmt: skip
@@ -324,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     names = {
         "inferencedeployment": "InferenceDeployment",
         "inferencedeployment/loose": "InferenceDeployment, no affinity",
-        "pod": "bare client (64 concurrent creates)",
+        "pod": "bare client, the same pods",
         "statefulset": "StatefulSet (Parallel)",
         "job": "Indexed Job",
     }

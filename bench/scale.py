@@ -459,9 +459,13 @@ def run(
         t_running = max(world.pod_running.values()) - world.started
         t_ready = max(world.ready.values()) - world.started
         lag = []
+        behind: list[tuple[float, str, float, float]] = []  # lag, name, last created, Running
         for name in names:
-            own = [t for pod, t in world.pod_running.items() if pod.startswith(name + "-")]
+            prefix = name + "-"
+            own = [t for pod, t in world.pod_running.items() if pod.startswith(prefix)]
+            made = [t for pod, t in world.pod_created.items() if pod.startswith(prefix)]
             lag.append(world.ready[name] - max(own))
+            behind.append((lag[-1], name, max(made) - world.started, max(own) - world.started))
         uids = dict(world.pod_uid)
         events = world.pod_events
     print()
@@ -474,6 +478,21 @@ def run(
         f"  status behind its last pod Running: p50 {percentile(lag, 0.5):.2f} s,"
         f" p99 {percentile(lag, 0.99):.2f} s, max {max(lag):.2f} s"
     )
+    print("  furthest behind (status Ready s after its last pod Running; last pod created, Running"
+          " at):")  # fmt: skip
+    for late, name, made, ran in sorted(behind, reverse=True)[:3]:
+        print(f"    {name}: {late:.1f} s (created {made:.1f} s, Running {ran:.1f} s)")
+    results = {
+        result: total(busy, f'paraserve_operator_reconciles_total{{result="{result}"}}')
+        for result in ("ok", "conflict", "error")
+    }
+    refused = sum(
+        value
+        for key, value in busy.items()
+        if key.startswith("paraserve_operator_api_calls_total{") and 'code="409"' in key
+    )
+    print(f"  reconciles: {', '.join(f'{k} {v:.0f}' for k, v in results.items())};"
+          f" API answers 409: {refused:.0f}")  # fmt: skip
     p50, p99, count = quantiles(busy, "paraserve_operator_queue_wait_seconds")
     print(f"  watch event → reconcile (queue wait), load: p50 {p50 * 1000:.1f} ms, p99"
           f" {p99 * 1000:.1f} ms ({count} reconciles)")  # fmt: skip

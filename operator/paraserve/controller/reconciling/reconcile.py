@@ -8,10 +8,12 @@ never with a memory of what was applied, so an object deleted out of band comes 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
@@ -89,6 +91,11 @@ RESERVATION_SECONDS: Final = 30.0
 EXPECT_SECONDS: Final = 15.0
 # Status writes that only count ranks (no phase, generation or condition change) are spaced.
 PROGRESS_WRITE_INTERVAL: Final = 1.0
+# How long a reconcile waits for its pod creates; the rest finish in the background and queue
+# the deployment again. While thousands of pods are created, a create waits seconds for its
+# turn at the API server, and a reconcile that waited for all of them held its worker: the
+# status of deployments whose pods were all Running waited behind them (50 s at 3,000 pods).
+CREATES_WAITED_FOR: Final = 1.0
 # A namespace seen terminating is left alone this long before it is looked at again.
 TERMINATING_RECHECK: Final = 60.0
 # An object of ours whose name another object holds: looked at again after this.
@@ -118,7 +125,7 @@ class ControllerSettings:
     default_image: str = DEFAULT_WORKER_IMAGE
     backoff: Backoff = field(default_factory=Backoff)
     resync_seconds: float = 60.0
-    workers: int = 16
+    workers: int = 256
     # A rank the scheduler cannot place this long fails its gang (it is re-placed).
     unschedulable_after: float = 120.0
     # A rank bound to a node but not started this long (ContainerCreating) fails its gang.
@@ -261,6 +268,14 @@ class Reconciler:
         self._reserved: dict[tuple[str, str], tuple[float, str]] = {}
         # namespace → when it was seen being deleted
         self._terminating: dict[str, float] = {}
+        # Creates still in flight after CREATES_WAITED_FOR, and what one of them found holding
+        # a name of ours (said by the deployment's next reconcile).
+        self._creating: set[asyncio.Future[list[bool]]] = set()
+        # (namespace, pod) posted and not answered yet: its reservation holds however long.
+        self._in_flight: set[tuple[str, str]] = set()
+        self._taken_later: dict[Key, str] = {}
+        #: Queue a deployment again after a delay (the manager's queue; set by the manager).
+        self.look_again_later: Callable[[Key, float], None] = lambda key, delay: None
 
     async def reconcile(self, key: Key) -> float | None:
         """Bring one deployment one step closer to its spec; the delay to look again, if any."""
@@ -527,7 +542,7 @@ class Reconciler:
         seen = self.views.live
         now = time.monotonic()
         for pod, (expires, _) in list(self._reserved.items()):
-            if pod in seen or expires < now:
+            if pod in seen or (expires < now and pod not in self._in_flight):
                 del self._reserved[pod]
 
     def _subtract_reserved(self, free: dict[str, int]) -> None:
@@ -568,6 +583,9 @@ class Reconciler:
         """Persist gang state, then delete, then create: the resourceVersion after (None on a
         conflict), and why an object could not be created if another holds its name."""
         namespace, name = key
+        taken_meanwhile = self._taken_later.pop(key, None)
+        if taken_meanwhile is not None:  # found by creates that outlasted an earlier reconcile
+            return resource_version or "", taken_meanwhile
         if decision.state_changed:
             # The commit point: a restart counted here is counted once, even if we die next.
             written = await self.writes.patch(
@@ -625,28 +643,34 @@ class Reconciler:
             pending = self._created.setdefault(key, {})
             now = time.monotonic()
             waiting = [
-                pending[n] for m in manifests if pending.get(n := m["metadata"]["name"], 0.0) >= now
+                due
+                for m in manifests
+                if now <= (due := pending.get(m["metadata"]["name"], 0.0)) < math.inf
             ]
-            if waiting:  # look again when they are due, in case they were never shown
+            # Look again when they are due, in case they were never shown (those still in
+            # flight queue the deployment when they are answered).
+            if waiting:
                 self._look_again[key] = min(waiting) - now + 0.1
             manifests = [m for m in manifests if pending.get(m["metadata"]["name"], 0.0) < now]
             # Every one posted and not shown yet: nothing to send, say or announce again.
             if manifests:
-                try:
-                    created = await self.cluster.create_all(manifests)
-                except NameTaken as error:
-                    return resource_version or "", error.message
-                expires = time.monotonic() + EXPECT_SECONDS
-                for manifest in manifests:
-                    pending[manifest["metadata"]["name"]] = expires
-                self.metrics.pods_created.inc(sum(created))
-                logger.info(
-                    "%s/%s: created %d of %d pods (the rest existed already)",
-                    namespace,
-                    name,
-                    sum(created),
-                    len(manifests),
-                )
+                for manifest in manifests:  # in flight: never posted twice meanwhile
+                    pending[manifest["metadata"]["name"]] = math.inf
+                    self._in_flight.add((namespace, manifest["metadata"]["name"]))
+                creating = asyncio.ensure_future(self.cluster.create_all(manifests))
+                done, _ = await asyncio.wait({creating}, timeout=CREATES_WAITED_FOR)
+                if done:
+                    failure = creating.exception()
+                    self._record_creates(key, manifests, None if failure else creating.result())
+                    if isinstance(failure, NameTaken):
+                        return resource_version or "", failure.message
+                    if failure is not None:
+                        raise failure
+                else:  # answered later: _created_later records them and queues the deployment
+                    self._creating.add(creating)
+                    creating.add_done_callback(
+                        lambda finished: self._created_later(key, manifests, finished)
+                    )
                 whole = [r for r, only in decision.create if only is None]
                 if whole:
                     replicas = ", ".join(str(r) for r in whole)
@@ -658,6 +682,70 @@ class Reconciler:
                 self.metrics.gang_restarts.inc()
             await self._event({"metadata": metadata}, event.type, event.reason, event.message)
         return resource_version or "", None
+
+    def _record_creates(
+        self, key: Key, manifests: Sequence[Mapping[str, Any]], created: Sequence[bool] | None
+    ) -> None:
+        """The creates of `manifests` have answered (`created`; None: not all of them did).
+
+        Created, they are expected from the watch for EXPECT_SECONDS; else they are posted again
+        by the next reconcile. Either way their GPUs stay reserved for RESERVATION_SECONDS
+        from now, not from their placement: a create may wait longer than that for its turn.
+        """
+        namespace, name = key
+        pending = self._created.setdefault(key, {})
+        now = time.monotonic()
+        for manifest in manifests:
+            pod = manifest["metadata"]["name"]
+            self._in_flight.discard((namespace, pod))
+            if created is None:
+                pending.pop(pod, None)
+            else:
+                pending[pod] = now + EXPECT_SECONDS
+            reserved = self._reserved.get((namespace, pod))
+            if reserved is not None:
+                self._reserved[(namespace, pod)] = (now + RESERVATION_SECONDS, reserved[1])
+        if created is None:
+            return
+        self.metrics.pods_created.inc(sum(created))
+        logger.info(
+            "%s/%s: created %d of %d pods (the rest existed already)",
+            namespace,
+            name,
+            sum(created),
+            len(manifests),
+        )
+
+    def _created_later(
+        self,
+        key: Key,
+        manifests: Sequence[Mapping[str, Any]],
+        finished: asyncio.Future[list[bool]],
+    ) -> None:
+        """Creates that outlasted their reconcile have answered: record them, say what went
+        wrong as the reconcile would have, and look at the deployment again."""
+        self._creating.discard(finished)
+        if finished.cancelled():
+            self._record_creates(key, manifests, None)
+            return
+        error = finished.exception()
+        self._record_creates(key, manifests, None if error is not None else finished.result())
+        delay = 0.0
+        if isinstance(error, NamespaceTerminating):
+            self._terminating[key[0]] = time.monotonic()
+            logger.info("%s: namespace is being deleted; leaving %s alone", *key)
+            return
+        if isinstance(error, NameTaken):
+            self._taken_later[key] = error.message
+        elif error is not None:
+            logger.warning("%s/%s: creating pods failed (retry in %.1fs): %s", *key, 5.0, error)
+            delay = 5.0
+        self.look_again_later(key, delay)
+
+    def cancel_creations(self) -> None:
+        """Stop waiting for creates still in flight (the process is stopping)."""
+        for creating in list(self._creating):
+            creating.cancel()
 
     async def _apply_owned(
         self,

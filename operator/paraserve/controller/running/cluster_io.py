@@ -1,7 +1,10 @@
 """Every call the operator makes to the Kubernetes API, in one place: plain dicts over REST.
 
-The synchronous `kubernetes` client runs in a thread pool so that a replica's pods are created
-concurrently. Each call is counted in the operator's metrics by verb, resource and status.
+The synchronous `kubernetes` client runs in thread pools so that a replica's pods are created
+concurrently, in lanes: pod creates and deletes, writes of the InferenceDeployments (status,
+the gang annotation), and everything else (Services, ConfigMaps, Events, reads). While
+thousands of pods and hundreds of deployments start, a status write never waits behind their
+creates. Each call is counted in the operator's metrics by verb, resource and status.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class Cluster:
         api_client: Any,
         *,
         workers: int = 32,
+        pod_workers: int | None = None,
+        deployment_workers: int | None = None,
         observe: CallObserver | None = None,
         timeout: float = 30.0,
         may_write: Callable[[], bool] | None = None,
@@ -100,6 +105,13 @@ class Cluster:
     ) -> None:
         self._api = api_client
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        # Without a lane of their own (None), a lane's calls share the one pool.
+        self._lanes = {
+            lane: ThreadPoolExecutor(max_workers=count, thread_name_prefix=f"{name}-{lane}")
+            if count
+            else self._executor
+            for lane, count in (("pods", pod_workers), ("deployments", deployment_workers))
+        }
         self._observe = observe or (lambda verb, resource, status: None)
         self._timeout = timeout
         # Leadership: checked before a write is queued and again just before it is sent.
@@ -111,7 +123,8 @@ class Cluster:
         return self._api.configuration
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in {self._executor, *self._lanes.values()}:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     async def request(
         self,
@@ -122,12 +135,15 @@ class Cluster:
         resource: str,
         query: Sequence[tuple[str, str]] = (),
         content_type: str = "application/json",
+        lane: str | None = None,
     ) -> Result:
+        """`lane`: "pods" (a create or delete, one of many) or "deployments" (a write of one)."""
         self._check_leader(verb, path)
         loop = asyncio.get_running_loop()
+        executor = self._lanes[lane] if lane is not None else self._executor
         try:
             status, text = await loop.run_in_executor(
-                self._executor, self._call, verb, path, body, list(query), content_type
+                executor, self._call, verb, path, body, list(query), content_type
             )
         except Exception:
             self._observe(verb, resource, 0)
@@ -176,7 +192,9 @@ class Cluster:
         kind = obj["kind"]
         path = _collection_path(obj)
         name = obj["metadata"]["name"]
-        result = await self.request("POST", path, obj, resource=_COLLECTIONS[kind])
+        result = await self.request(
+            "POST", path, obj, resource=_COLLECTIONS[kind], lane="pods" if kind == "Pod" else None
+        )
         if result.ok:
             return True
         if result.status == 409:
@@ -225,7 +243,7 @@ class Cluster:
         """Delete exactly the pod observed (uid precondition); gone or replaced is success."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
         path = pods_path(namespace, name)
-        result = await self.request("DELETE", path, body, resource="pods")
+        result = await self.request("DELETE", path, body, resource="pods", lane="pods")
         if not result.ok and result.status not in (404, 409):
             raise ApiError("delete", path, result.status, _t(result))
 
@@ -271,7 +289,7 @@ class Cluster:
         path = deployment_path(namespace, name) + (f"/{subresource}" if subresource else "")
         resource = PLURAL + (f"/{subresource}" if subresource else "")
         result = await self.request(
-            "PATCH", path, body, resource=resource, content_type=MERGE_PATCH
+            "PATCH", path, body, resource=resource, content_type=MERGE_PATCH, lane="deployments"
         )
         if result.ok:
             return result.body

@@ -60,6 +60,8 @@ class Manager:
         # False once leadership is lost: no reconcile starts any more.
         self.acting = acting
         self.queue: WorkQueue[Key] = WorkQueue(observe_wait=metrics.queue_wait_seconds.observe)
+        # Creates that outlast their reconcile queue the deployment again when answered.
+        reconciler.look_again_later = self.queue.add_after
         #: Deployments kopf has shown us through a watch handler (see the module's docstring).
         self.seen: set[Key] = set()
         self.listed_after: float | None = None
@@ -176,6 +178,7 @@ class Manager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self.reconciler.cancel_creations()
         self.queue.close()
 
     def _spawn(self, name: str, body: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-duration", type=float, default=15.0)
     parser.add_argument("--renew-deadline", type=float, default=10.0)
     parser.add_argument("--retry-period", type=float, default=2.0)
-    parser.add_argument("--workers", type=int, default=16, help="concurrent reconciles")
+    parser.add_argument("--workers", type=int, default=256, help="concurrent reconciles")
     parser.add_argument("--resync", type=float, default=60.0, help="seconds between resyncs")
     parser.add_argument(
         "--restart-backoff",

@@ -14,7 +14,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import kopf
 
@@ -22,11 +22,18 @@ from paraserve.controller.admission.options import WebhookOptions
 from paraserve.controller.measurement import measure_loop
 from paraserve.controller.reconciling.gang import Backoff
 from paraserve.controller.reconciling.reconcile import ControllerSettings, Reconciler, Views
-from paraserve.controller.running import kopf_essence, kopf_toggles, watches
+from paraserve.controller.running import kopf_essence, kopf_toggles, kopf_turns, watches
 from paraserve.controller.running.cluster_io import Cluster, load_api_client
 from paraserve.controller.running.leader import Fence, LeaderElector, LeaseTimings
 from paraserve.controller.running.manager import Manager
 from paraserve.controller.running.operator_metrics import OperatorMetrics
+
+#: Pod creates and deletes in flight at once (a replica's ranks are created together), writes of
+#: the deployments (status, the gang annotation), and every other call (Services, ConfigMaps,
+#: Events): a status write never waits behind the creates of the deployments starting.
+POD_LANE: Final = 32
+DEPLOYMENT_LANE: Final = 8
+OTHER_LANE: Final = 16
 
 logger = logging.getLogger("paraserve.operator")
 
@@ -151,7 +158,10 @@ async def serve(options: OperatorOptions) -> int:
         metrics.serve(options.metrics_port, options.metrics_address)
     fence = Fence() if options.leader_elect else None
     cluster = Cluster(
-        load_api_client(options.kubeconfig),
+        load_api_client(options.kubeconfig, pool_size=POD_LANE + DEPLOYMENT_LANE + OTHER_LANE),
+        workers=OTHER_LANE,
+        pod_workers=POD_LANE,
+        deployment_workers=DEPLOYMENT_LANE,
         observe=metrics.observe_call,
         may_write=fence.held if fence is not None else None,
     )
@@ -188,6 +198,7 @@ async def serve(options: OperatorOptions) -> int:
         acting=fence.held if fence is not None else (lambda: True),
     )
     kopf_toggles.install()
+    kopf_turns.install()
     registry = build_registry(manager, cluster)
     settings = operator_settings(options)
     kopf_essence.install(settings, registry)

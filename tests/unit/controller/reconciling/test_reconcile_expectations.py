@@ -92,3 +92,76 @@ def test_a_pod_shown_then_deleted_is_created_again_at_once():
     views.rank_pods = {}  # then deleted (a restart): created again at once
     asyncio.run(reconciler.reconcile(("ns", "d")))
     assert len(writes.posted) == 8
+
+
+class SlowWrites(Writes):
+    """Creates that wait for the API server until released; status writes answer at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.status_writes = 0
+        self.fail: Exception | None = None
+
+    async def create_all(self, objs: Sequence[Mapping[str, Any]]) -> list[bool]:
+        self.posted += [o["metadata"]["name"] for o in objs]
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return [True] * len(objs)
+
+    async def patch_deployment(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        if kwargs.get("subresource") == "status":
+            self.status_writes += 1
+        return {"metadata": {"resourceVersion": "2"}}
+
+
+def _slow_setup(monkeypatch: Any) -> tuple[Reconciler, SlowWrites, list[tuple[Any, float]]]:
+    monkeypatch.setattr(reconcile, "CREATES_WAITED_FOR", 0.05)
+    reconciler, views, _ = setup()
+    writes = SlowWrites()
+    reconciler = Reconciler(writes, views, ControllerSettings(), OperatorMetrics())  # type: ignore[arg-type]
+    queued: list[tuple[Any, float]] = []
+    reconciler.look_again_later = lambda key, delay: queued.append((key, delay))
+    return reconciler, writes, queued
+
+
+def test_creates_that_outlast_their_reconcile_free_it_and_queue_the_deployment(monkeypatch: Any):
+    reconciler, writes, queued = _slow_setup(monkeypatch)
+    key = ("ns", "d")
+
+    async def scenario() -> None:
+        # The reconcile returns while its creates wait, and writes status meanwhile.
+        await asyncio.wait_for(reconciler.reconcile(key), timeout=5)
+        assert sorted(writes.posted) == ["d-0-0", "d-0-1", "d-0-2", "d-0-3"]
+        assert writes.status_writes == 1 and queued == []
+        # Another reconcile while they are in flight posts none of them again.
+        await asyncio.wait_for(reconciler.reconcile(key), timeout=5)
+        assert len(writes.posted) == 4
+        # Their GPUs stay reserved however long they wait (past RESERVATION_SECONDS).
+        monkeypatch.setattr(reconcile, "RESERVATION_SECONDS", -1.0)
+        reconciler._forget_seen_reservations()
+        assert len(reconciler._reserved) == 4
+        writes.release.set()
+        await asyncio.sleep(0.01)
+        assert queued == [(key, 0.0)]  # answered: looked at again at once
+        assert all(due < float("inf") for due in reconciler._created[key].values())
+
+    asyncio.run(scenario())
+
+
+def test_creates_failing_after_their_reconcile_are_posted_again_by_the_next(monkeypatch: Any):
+    reconciler, writes, queued = _slow_setup(monkeypatch)
+    key = ("ns", "d")
+    writes.fail = RuntimeError("the API server is gone")
+
+    async def scenario() -> None:
+        await asyncio.wait_for(reconciler.reconcile(key), timeout=5)
+        writes.release.set()
+        await asyncio.sleep(0.01)
+        assert queued == [(key, 5.0)]  # looked at again after a pause
+        writes.fail = None
+        await asyncio.wait_for(reconciler.reconcile(key), timeout=5)
+        assert len(writes.posted) == 8  # none is taken for created
+
+    asyncio.run(scenario())

@@ -257,6 +257,9 @@ def test_a_deployment_failing_thousands_of_times_keeps_its_worker():
             self.calls += 1
             raise RuntimeError("the spec makes the planner trip")
 
+        def cancel_creations(self) -> None:
+            """No creates are ever in flight here."""
+
     failing = Failing()
     manager = Manager(failing, OperatorMetrics())  # type: ignore[arg-type]
     key = (NS, "d")
@@ -344,6 +347,9 @@ def test_one_deployment_is_never_reconciled_by_two_workers_at_once():
             active.discard(key)
             self.count += 1
             return None
+
+        def cancel_creations(self) -> None:
+            """No creates are ever in flight here."""
 
     slow = Slow()
     manager = Manager(slow, OperatorMetrics())  # type: ignore[arg-type]

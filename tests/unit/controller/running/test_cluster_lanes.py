@@ -1,0 +1,93 @@
+"""A status write is sent while every pod-create thread waits on the API server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+from paraserve.controller.running.cluster_io import Cluster
+
+
+class SlowPodsApi:
+    """An API client whose pod creates hang until released; every other call answers at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.creates_waiting = 0
+        self._lock = threading.Lock()
+
+    def param_serialize(self, *, method: str, resource_path: str, body: Any, **_: Any) -> Any:
+        return method, resource_path, {}, body, None
+
+    def call_api(self, method: str, url: str, **_: Any) -> Any:
+        if method == "POST" and url.endswith("/pods"):
+            with self._lock:
+                self.creates_waiting += 1
+            self.release.wait(timeout=30)
+            return _Answer(201, {"kind": "Pod"})
+        return _Answer(200, {"kind": "InferenceDeployment"})
+
+
+class _Answer:
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self._body = json.dumps(body).encode()
+
+    def read(self) -> bytes:
+        return self._body
+
+
+def _pod(index: int) -> dict[str, Any]:
+    return {"kind": "Pod", "metadata": {"name": f"d-0-{index}", "namespace": "ns"}}
+
+
+def test_a_status_write_does_not_wait_behind_pod_creates() -> None:
+    api = SlowPodsApi()
+    cluster = Cluster(api, workers=2, pod_workers=4, deployment_workers=1)
+
+    async def scenario() -> tuple[int, bool]:
+        creating = asyncio.ensure_future(cluster.create_all([_pod(i) for i in range(12)]))
+        while api.creates_waiting < 4:  # every pod thread is taken, 8 more creates queued
+            await asyncio.sleep(0.01)
+        written = await asyncio.wait_for(
+            cluster.patch_deployment("ns", "d", {"status": {}}, resource_version="1"), timeout=5
+        )
+        waiting = api.creates_waiting
+        api.release.set()
+        created = await creating
+        return waiting, written is not None and all(created)
+
+    try:
+        waiting, done = asyncio.run(scenario())
+    finally:
+        api.release.set()
+        cluster.close()
+    assert waiting == 4  # the write went while the creates were still held
+    assert done
+
+
+def test_one_pool_when_no_pod_lane_is_asked_for() -> None:
+    api = SlowPodsApi()
+    cluster = Cluster(api, workers=2)
+
+    async def scenario() -> bool:
+        creating = asyncio.ensure_future(cluster.create_all([_pod(i) for i in range(4)]))
+        while api.creates_waiting < 2:
+            await asyncio.sleep(0.01)
+        patch = cluster.patch_deployment("ns", "d", {}, resource_version="1")
+        try:
+            await asyncio.wait_for(asyncio.shield(patch), timeout=0.3)
+            return False
+        except TimeoutError:
+            return True  # it waits for a thread, as every call did before the lanes
+        finally:
+            api.release.set()
+            await creating
+
+    try:
+        assert asyncio.run(scenario())
+    finally:
+        api.release.set()
+        cluster.close()
