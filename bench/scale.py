@@ -12,7 +12,8 @@ which at 1,000 deployments is 10,000 rank pods. It prints:
 
 * seconds from the first create to every rank pod created, to every one Running (as a watch on
   the namespace sees them), and to every deployment's status Ready; how far each deployment's
-  status trailed its last pod Running (p50, p99, max);
+  status trailed its last pod Running (p50, p99, max), and the three furthest behind;
+* the reconciles by result (ok, conflict, error) and the API's 409 answers to the operator;
 * the operator's watch-event-to-reconcile latency under that load (its queue-wait histogram:
   from a watch event queueing a deployment to a worker starting its reconcile), its reconcile
   time, and the worst event-loop lag it sampled;
