@@ -96,6 +96,8 @@ PROGRESS_WRITE_INTERVAL: Final = 1.0
 # turn at the API server, and a reconcile that waited for all of them held its worker: the
 # status of deployments whose pods were all Running waited behind them (50 s at 3,000 pods).
 CREATES_WAITED_FOR: Final = 1.0
+# Creates that failed after their reconcile returned: the deployment is looked at again after.
+CREATE_RETRY: Final = 5.0
 # A namespace seen terminating is left alone this long before it is looked at again.
 TERMINATING_RECHECK: Final = 60.0
 # An object of ours whose name another object holds: looked at again after this.
@@ -271,8 +273,6 @@ class Reconciler:
         # Creates still in flight after CREATES_WAITED_FOR, and what one of them found holding
         # a name of ours (said by the deployment's next reconcile).
         self._creating: set[asyncio.Future[list[bool]]] = set()
-        # (namespace, pod) posted and not answered yet: its reservation holds however long.
-        self._in_flight: set[tuple[str, str]] = set()
         self._taken_later: dict[Key, str] = {}
         #: Queue a deployment again after a delay (the manager's queue; set by the manager).
         self.look_again_later: Callable[[Key, float], None] = lambda key, delay: None
@@ -283,8 +283,7 @@ class Reconciler:
             try:
                 return await self._reconcile(key)
             except NamespaceTerminating:
-                self._terminating[key[0]] = time.monotonic()
-                logger.info("%s: namespace is being deleted; leaving %s alone", *key)
+                self._leave_namespace(key)
                 return None
 
     async def _reconcile(self, key: Key) -> float | None:
@@ -542,7 +541,7 @@ class Reconciler:
         seen = self.views.live
         now = time.monotonic()
         for pod, (expires, _) in list(self._reserved.items()):
-            if pod in seen or (expires < now and pod not in self._in_flight):
+            if pod in seen or expires < now:
                 del self._reserved[pod]
 
     def _subtract_reserved(self, free: dict[str, int]) -> None:
@@ -654,9 +653,9 @@ class Reconciler:
             manifests = [m for m in manifests if pending.get(m["metadata"]["name"], 0.0) < now]
             # Every one posted and not shown yet: nothing to send, say or announce again.
             if manifests:
-                for manifest in manifests:  # in flight: never posted twice meanwhile
-                    pending[manifest["metadata"]["name"]] = math.inf
-                    self._in_flight.add((namespace, manifest["metadata"]["name"]))
+                # In flight: never posted twice meanwhile, its GPUs held however long it waits
+                # (until it is answered: _record_creates).
+                self._hold(key, manifests, expected=math.inf, reserved=math.inf)
                 creating = asyncio.ensure_future(self.cluster.create_all(manifests))
                 done, _ = await asyncio.wait({creating}, timeout=CREATES_WAITED_FOR)
                 if done:
@@ -683,6 +682,28 @@ class Reconciler:
             await self._event({"metadata": metadata}, event.type, event.reason, event.message)
         return resource_version or "", None
 
+    def _hold(
+        self,
+        key: Key,
+        manifests: Sequence[Mapping[str, Any]],
+        *,
+        expected: float | None,
+        reserved: float,
+    ) -> None:
+        """Until when each pod is expected from the watch (None: no longer, post it again) and
+        until when its placement's GPUs stay reserved (monotonic times)."""
+        namespace, _ = key
+        pending = self._created.setdefault(key, {})
+        for manifest in manifests:
+            pod = manifest["metadata"]["name"]
+            if expected is None:
+                pending.pop(pod, None)
+            else:
+                pending[pod] = expected
+            placed = self._reserved.get((namespace, pod))
+            if placed is not None:
+                self._reserved[(namespace, pod)] = (reserved, placed[1])
+
     def _record_creates(
         self, key: Key, manifests: Sequence[Mapping[str, Any]], created: Sequence[bool] | None
     ) -> None:
@@ -692,26 +713,19 @@ class Reconciler:
         by the next reconcile. Either way their GPUs stay reserved for RESERVATION_SECONDS
         from now, not from their placement: a create may wait longer than that for its turn.
         """
-        namespace, name = key
-        pending = self._created.setdefault(key, {})
         now = time.monotonic()
-        for manifest in manifests:
-            pod = manifest["metadata"]["name"]
-            self._in_flight.discard((namespace, pod))
-            if created is None:
-                pending.pop(pod, None)
-            else:
-                pending[pod] = now + EXPECT_SECONDS
-            reserved = self._reserved.get((namespace, pod))
-            if reserved is not None:
-                self._reserved[(namespace, pod)] = (now + RESERVATION_SECONDS, reserved[1])
+        self._hold(
+            key,
+            manifests,
+            expected=None if created is None else now + EXPECT_SECONDS,
+            reserved=now + RESERVATION_SECONDS,
+        )
         if created is None:
             return
         self.metrics.pods_created.inc(sum(created))
         logger.info(
             "%s/%s: created %d of %d pods (the rest existed already)",
-            namespace,
-            name,
+            *key,
             sum(created),
             len(manifests),
         )
@@ -732,15 +746,21 @@ class Reconciler:
         self._record_creates(key, manifests, None if error is not None else finished.result())
         delay = 0.0
         if isinstance(error, NamespaceTerminating):
-            self._terminating[key[0]] = time.monotonic()
-            logger.info("%s: namespace is being deleted; leaving %s alone", *key)
+            self._leave_namespace(key)
             return
         if isinstance(error, NameTaken):
             self._taken_later[key] = error.message
         elif error is not None:
-            logger.warning("%s/%s: creating pods failed (retry in %.1fs): %s", *key, 5.0, error)
-            delay = 5.0
+            logger.warning(
+                "%s/%s: creating pods failed (retry in %.1fs): %s", *key, CREATE_RETRY, error
+            )
+            delay = CREATE_RETRY
         self.look_again_later(key, delay)
+
+    def _leave_namespace(self, key: Key) -> None:
+        """Its namespace is being deleted: left alone for TERMINATING_RECHECK."""
+        self._terminating[key[0]] = time.monotonic()
+        logger.info("%s: namespace is being deleted; leaving %s alone", *key)
 
     def cancel_creations(self) -> None:
         """Stop waiting for creates still in flight (the process is stopping)."""
