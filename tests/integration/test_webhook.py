@@ -188,8 +188,27 @@ def test_a_spec_update_is_checked_and_scaling_is_not(setup: Setup) -> None:
     # /scale is a subresource the webhook does not register: the reconcile alone judges it.
     assert setup.kubectl("scale", "infd", name, "--replicas=2").returncode == 0
     assert setup.kubectl("scale", "infd", name, "--replicas=1").returncode == 0
-    # A metadata-only update is never checked.
+    # A metadata-only update never reaches the webhook: its match condition keeps it at the API
+    # server (the operator's gang annotation is written without a round-trip to itself).
+    reviews = _reviews(setup)
     assert setup.kubectl("label", "infd", name, "team=llm").returncode == 0
+    assert setup.kubectl("annotate", "infd", name, "note=metadata only").returncode == 0
+    assert _reviews(setup) == reviews
+    # A spec change still does (a dry run: nothing stored).
+    same_size = '{"spec": {"parallelism": {"pipeline": 2}}}'
+    patch = ("patch", "infd", name, "--type", "merge", "-p", same_size, "--dry-run=server")
+    assert setup.kubectl(*patch).returncode == 0
+    assert _reviews(setup) == reviews + 1
+
+
+def _reviews(setup: Setup) -> float:
+    """Admission reviews the operator has answered, whatever their result."""
+    metrics = setup.operator.get(setup.operator.metrics_port, "/metrics")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("paraserve_operator_admission_reviews_total{")
+    )
 
 
 def test_with_the_operator_down_deletes_and_creates_are_not_blocked(setup: Setup) -> None:

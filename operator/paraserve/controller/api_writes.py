@@ -4,7 +4,20 @@ object with these methods, and running/cluster_io.Cluster is the one that makes 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import IntEnum
 from typing import Any, Protocol
+
+
+class Urgency(IntEnum):
+    """Which of the deployments' writes goes first when many wait for the API server (lower
+    first): what a user or a tool waits on before what is rewritten anyway."""
+
+    #: A phase or a condition's verdict changes: `kubectl wait`, rollouts and people read it.
+    PHASE = 0
+    #: The gang annotation: the commit point before a replica's pods are created or deleted.
+    GANG = 1
+    #: Counts of ranks ready or scheduled, measured figures: the next write carries them too.
+    PROGRESS = 2
 
 
 class NotLeader(Exception):
@@ -39,6 +52,7 @@ class StatusWriter(Protocol):
         *,
         resource_version: str | None,
         subresource: str | None = None,
+        urgency: Urgency = Urgency.PROGRESS,
     ) -> dict[str, Any] | None: ...
 
 

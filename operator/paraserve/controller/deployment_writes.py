@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from paraserve.controller.api_writes import StatusWriter
+from paraserve.controller.api_writes import StatusWriter, Urgency
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -65,10 +65,15 @@ class DeploymentWrites:
         *,
         resource_version: str | None,
         subresource: str | None = None,
+        urgency: Urgency = Urgency.PROGRESS,
     ) -> dict[str, Any] | None:
         """Merge-patch the deployment if unchanged since `resource_version`; None on conflict."""
         written = await self.cluster.patch_deployment(
-            *key, patch, resource_version=resource_version, subresource=subresource
+            *key,
+            patch,
+            resource_version=resource_version,
+            subresource=subresource,
+            urgency=urgency,
         )
         if written is not None and _version(written) != resource_version:
             older = {v for v in (resource_version, _version(self._watched(key))) if v}

@@ -18,7 +18,7 @@ from typing import Any
 from paraserve.api import API_VERSION, KIND
 from paraserve.api.labels import LABEL_DEPLOYMENT, PLANNED_NODE_ANNOTATION
 from paraserve.controller import merge_patch
-from paraserve.controller.api_writes import NamespaceTerminating, NameTaken, NotLeader
+from paraserve.controller.api_writes import NamespaceTerminating, NameTaken, NotLeader, Urgency
 from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling.reconcile import ALL, Views
 from paraserve.controller.running.watches import (
@@ -39,6 +39,8 @@ class FakeCluster:
         self.views = Views()
         self.calls: list[tuple[str, str, str]] = []
         self.events: list[dict[str, Any]] = []
+        #: Each deployment write's patch and the urgency it was sent with, in order.
+        self.deployment_writes: list[tuple[dict[str, Any], Urgency]] = []
         self.conflicts = 0
         self.terminating: set[str] = set()
         #: When set, every write raises NotLeader (what the real Cluster does past its fence).
@@ -218,8 +220,10 @@ class FakeCluster:
         *,
         resource_version: str | None,
         subresource: str | None = None,
+        urgency: Urgency = Urgency.PROGRESS,
     ) -> dict[str, Any] | None:
         await self._call("PATCH", KIND + (f"/{subresource}" if subresource else ""), name)
+        self.deployment_writes.append((copy.deepcopy(patch), urgency))
         body = self.objects.get((KIND, namespace, name))
         if body is None:
             return None

@@ -24,7 +24,7 @@ import kopf
 from pydantic import ValidationError
 
 from paraserve.api import ConditionType, InferenceDeploymentSpec, Phase, StalledReplica
-from paraserve.controller.api_writes import StatusWriter
+from paraserve.controller.api_writes import StatusWriter, Urgency
 from paraserve.controller.deployment_writes import DeploymentWrites
 from paraserve.controller.measurement import device_memory, stall
 from paraserve.controller.measurement.exposition import ExpositionError, parse
@@ -36,6 +36,7 @@ from paraserve.controller.measurement.measured_status import (
     needs_write,
     slo_condition,
     status_patch,
+    verdict_changed,
     with_device_memory,
 )
 from paraserve.controller.measurement.metric_profiles import RankReading, profile_for, read
@@ -356,6 +357,7 @@ class Measurer:
                 {"status": patch},
                 resource_version=metadata.get("resourceVersion"),
                 subresource="status",
+                urgency=Urgency.PHASE if verdict_changed(previous, condition) else Urgency.PROGRESS,
             )
         return written is not None  # a conflict: the next interval reads the newer object
 

@@ -267,6 +267,11 @@ def _parse_time(text: Any) -> datetime.datetime | None:
         return None
 
 
+def verdict_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """MeetsSLO says something else than before (or is new): what a user waits to read."""
+    return old is None or any(old.get(k) != new.get(k) for k in ("status", "reason"))
+
+
 def needs_write(
     old: Mapping[str, Any] | None,
     new: Mapping[str, Any],
@@ -280,9 +285,7 @@ def needs_write(
     """Whether the change is material: a figure moved by more than `tolerance` (relative),
     a count or the condition changed, or (if `refresh_seconds` is not 0) the last write is
     older than that. Nothing else is: an idle deployment is never rewritten for a new time."""
-    if not old or old_condition is None:
-        return True
-    if any(old_condition.get(k) != new_condition.get(k) for k in ("status", "reason")):
+    if not old or verdict_changed(old_condition, new_condition):
         return True
     if any(old.get(k) != new.get(k) for k in EXACT_FIELDS):
         return True

@@ -29,7 +29,12 @@ from paraserve.api import (
     Plan,
     describe_validation_error,
 )
-from paraserve.controller.api_writes import ClusterWrites, NamespaceTerminating, NameTaken
+from paraserve.controller.api_writes import (
+    ClusterWrites,
+    NamespaceTerminating,
+    NameTaken,
+    Urgency,
+)
 from paraserve.controller.deployment_writes import DeploymentWrites
 from paraserve.controller.rank_pods import RankPod
 from paraserve.controller.reconciling import (
@@ -376,7 +381,8 @@ class Reconciler:
         expected = self._look_again.pop(key, None)
         if expected is not None:
             requeue = expected if requeue is None else min(requeue, expected)
-        if patch and is_progress_only(status, patch):
+        progress_only = bool(patch) and is_progress_only(status, patch)
+        if progress_only:
             # Ranks becoming ready one by one: at most one such write per interval per deployment.
             wait = self._last_write.get(key, -1e9) + PROGRESS_WRITE_INTERVAL - time.monotonic()
             if wait > 0:
@@ -385,7 +391,11 @@ class Reconciler:
         if patch:
             self._last_write[key] = time.monotonic()
             written = await self.writes.patch(
-                key, {"status": patch}, resource_version=resource_version, subresource="status"
+                key,
+                {"status": patch},
+                resource_version=resource_version,
+                subresource="status",
+                urgency=Urgency.PROGRESS if progress_only else Urgency.PHASE,
             )
             if written is None:
                 return CONFLICT_RETRY
@@ -591,6 +601,7 @@ class Reconciler:
                 key,
                 {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
                 resource_version=resource_version,
+                urgency=Urgency.GANG,
             )
             if written is None:
                 return None, None

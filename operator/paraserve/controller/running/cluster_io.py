@@ -4,13 +4,16 @@ The synchronous `kubernetes` client runs in thread pools so that a replica's pod
 concurrently, in lanes: pod creates and deletes, writes of the InferenceDeployments (status,
 the gang annotation), and everything else (Services, ConfigMaps, Events, reads). While
 thousands of pods and hundreds of deployments start, a status write never waits behind their
-creates. Each call is counted in the operator's metrics by verb, resource and status.
+creates, and within the deployments' lane the most urgent write goes first (a phase change
+before a gang annotation before a progress count). Each call is counted in the operator's
+metrics by verb, resource and status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +23,8 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from paraserve.api import GROUP, PLURAL, VERSION
-from paraserve.controller.api_writes import NamespaceTerminating, NameTaken, NotLeader
+from paraserve.controller.api_writes import NamespaceTerminating, NameTaken, NotLeader, Urgency
+from paraserve.controller.running.priority_gate import PriorityGate
 
 MERGE_PATCH: Final = "application/merge-patch+json"
 COMPONENT: Final = "paraserve-operator"
@@ -112,6 +116,8 @@ class Cluster:
             else self._executor
             for lane, count in (("pods", pod_workers), ("deployments", deployment_workers))
         }
+        # The deployments' writes enter their threads by urgency, not in arrival order.
+        self._deployment_turns = PriorityGate(deployment_workers or workers)
         self._observe = observe or (lambda verb, resource, status: None)
         self._timeout = timeout
         # Leadership: checked before a write is queued and again just before it is sent.
@@ -136,15 +142,20 @@ class Cluster:
         query: Sequence[tuple[str, str]] = (),
         content_type: str = "application/json",
         lane: str | None = None,
+        urgency: Urgency = Urgency.PROGRESS,
     ) -> Result:
-        """`lane`: "pods" (a create or delete, one of many) or "deployments" (a write of one)."""
+        """`lane`: "pods" (a create or delete, one of many) or "deployments" (a write of one,
+        sent in order of `urgency`)."""
         self._check_leader(verb, path)
         loop = asyncio.get_running_loop()
         executor = self._lanes[lane] if lane is not None else self._executor
+        call = functools.partial(self._call, verb, path, body, list(query), content_type)
         try:
-            status, text = await loop.run_in_executor(
-                executor, self._call, verb, path, body, list(query), content_type
-            )
+            if lane == "deployments":
+                async with self._deployment_turns.slot(urgency):
+                    status, text = await loop.run_in_executor(executor, call)
+            else:
+                status, text = await loop.run_in_executor(executor, call)
         except Exception:
             self._observe(verb, resource, 0)
             raise
@@ -281,6 +292,7 @@ class Cluster:
         *,
         resource_version: str | None,
         subresource: str | None = None,
+        urgency: Urgency = Urgency.PROGRESS,
     ) -> dict[str, Any] | None:
         """Merge-patch the deployment (or its status) if unchanged since read; None on conflict."""
         body = dict(patch)
@@ -289,7 +301,13 @@ class Cluster:
         path = deployment_path(namespace, name) + (f"/{subresource}" if subresource else "")
         resource = PLURAL + (f"/{subresource}" if subresource else "")
         result = await self.request(
-            "PATCH", path, body, resource=resource, content_type=MERGE_PATCH, lane="deployments"
+            "PATCH",
+            path,
+            body,
+            resource=resource,
+            content_type=MERGE_PATCH,
+            lane="deployments",
+            urgency=urgency,
         )
         if result.ok:
             return result.body

@@ -224,6 +224,7 @@ class Writes:
         *,
         resource_version: str | None,
         subresource: str | None = None,
+        **_: Any,
     ) -> dict[str, Any] | None:
         if subresource == "status":
             for key, value in patch["status"].items():

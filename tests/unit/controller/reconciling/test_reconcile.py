@@ -457,3 +457,44 @@ def test_a_ready_deployment_is_not_rewritten_when_another_takes_gpus_from_the_po
     settle(cluster, r, "waiting")
     assert status(cluster, "waiting")["phase"] != "Ready"
     assert status(cluster, "waiting")["gpusFree"] == 0
+
+
+def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
+    """A phase change goes before a gang annotation, which goes before a count of ranks ready:
+    at scale the deployments' lane sends the waiting writes in that order."""
+    from paraserve.controller.api_writes import Urgency
+    from paraserve.controller.reconciling import reconcile
+
+    monkeypatch.setattr(reconcile, "PROGRESS_WRITE_INTERVAL", 0.0)
+    cluster = FakeCluster()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec(parallelism={"pipeline": 4, "tensor": 1}))
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d", rounds=1)
+    pods = sorted(cluster.pods_of(NS, "d"), key=lambda pod: pod["metadata"]["name"])
+    for ready in range(2, 5):  # the ranks turn ready one at a time
+        for index, pod in enumerate(pods):
+            for entry in pod["status"]["conditions"]:
+                if entry["type"] == "Ready":
+                    entry["status"] = "True" if index < ready else "False"
+            cluster.put(pod)
+        cluster.deliver()
+        run(r.reconcile((NS, "d")))
+    assert status(cluster, "d")["phase"] == "Ready"
+
+    gang = [u for patch, u in cluster.deployment_writes if "metadata" in patch]
+    phases = [
+        (patch["status"]["phase"], u)
+        for patch, u in cluster.deployment_writes
+        if "phase" in patch.get("status", {})
+    ]
+    counts = [
+        u
+        for patch, u in cluster.deployment_writes
+        if set(patch.get("status", {})) and set(patch["status"]) <= {"ranks", "conditions"}
+    ]
+    assert gang and all(u is Urgency.GANG for u in gang)
+    assert phases and all(u is Urgency.PHASE for _, u in phases)
+    assert phases[-1] == ("Ready", Urgency.PHASE)
+    assert counts and all(u is Urgency.PROGRESS for u in counts)

@@ -7,6 +7,7 @@ import json
 import threading
 from typing import Any
 
+from paraserve.controller.api_writes import Urgency
 from paraserve.controller.running.cluster_io import Cluster
 
 
@@ -91,3 +92,55 @@ def test_one_pool_when_no_pod_lane_is_asked_for() -> None:
     finally:
         api.release.set()
         cluster.close()
+
+
+class HeldPatchesApi:
+    """Deployment patches wait until released, and the order they reach the server is kept."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.sent: list[str] = []
+        self._lock = threading.Lock()
+
+    def param_serialize(self, *, method: str, resource_path: str, body: Any, **_: Any) -> Any:
+        return method, resource_path, {}, body, None
+
+    def call_api(self, method: str, url: str, body: Any = None, **_: Any) -> Any:
+        with self._lock:
+            self.sent.append(url.rsplit("/", 2)[-2] if url.endswith("/status") else url)
+        self.release.wait(timeout=30)
+        return _Answer(200, {"kind": "InferenceDeployment"})
+
+
+def test_a_phase_change_is_sent_before_the_gang_and_progress_writes_queued_ahead_of_it() -> None:
+    api = HeldPatchesApi()
+    cluster = Cluster(api, workers=2, pod_workers=2, deployment_workers=1)
+
+    def write(name: str, urgency: Urgency) -> Any:
+        return cluster.patch_deployment(
+            "ns", name, {"status": {}}, resource_version="1", subresource="status",
+            urgency=urgency,
+        )  # fmt: skip
+
+    async def scenario() -> None:
+        in_flight = asyncio.ensure_future(write("in-flight", Urgency.PROGRESS))
+        while not api.sent:  # the lane's one thread is taken
+            await asyncio.sleep(0.01)
+        queued = []
+        for name, urgency in (
+            ("counting-1", Urgency.PROGRESS),
+            ("new-gang", Urgency.GANG),
+            ("counting-2", Urgency.PROGRESS),
+            ("turned-ready", Urgency.PHASE),
+        ):
+            queued.append(asyncio.ensure_future(write(name, urgency)))
+            await asyncio.sleep(0.01)
+        api.release.set()
+        await asyncio.gather(in_flight, *queued)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        api.release.set()
+        cluster.close()
+    assert api.sent == ["in-flight", "turned-ready", "new-gang", "counting-1", "counting-2"]
