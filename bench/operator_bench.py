@@ -1,6 +1,7 @@
 """Time from create to all rank pods created and to all Running: the operator vs the baselines.
 
 Run: .venv/bin/python bench/operator_bench.py [--sizes 8 64 256] [--nodes 64] [--no-loose]
+     [--rounds 1] [--methods ...]
 
 On the local control plane (started here) with a kwok pool of 64 nodes × 8 GPUs, for each
 world size it creates, in turn and alone on the pool:
@@ -17,6 +18,9 @@ world size it creates, in turn and alone on the pool:
 
 and prints a table of seconds from the create request to the last pod created and to the last pod
 Running (as a watch on the namespace sees them), with the operator's ratio to each baseline.
+With `--rounds N` every method runs N times in turn (A B C, A B C, ...): the table gives each
+method's median and range, and each ratio is the median of the N ratios taken round by round,
+so that a comparison holds while the loaded machine's speed drifts.
 kwok makes bound pods Running at once, so the numbers measure the control plane and the
 controllers, not image pulls. One unrecorded round of size 8 warms every controller up first.
 """
@@ -27,6 +31,7 @@ import argparse
 import contextlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -300,11 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         default=sorted(METHODS),
         help="time only these (e.g. two operator builds beside the bare client, in turn)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every method this many times, in turn"
+    )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, not {args.rounds}")
     if any(size % 8 or size > args.nodes * 8 for size in args.sizes):
         parser.error("each size must be a multiple of 8 and fit the pool")
 
-    rows: list[tuple[int, str, float, float]] = []
+    rows: list[tuple[int, str, int, float, float]] = []  # size, method, round, created, running
     with running_cluster() as cluster:
         os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
@@ -328,52 +338,81 @@ def main(argv: list[str] | None = None) -> int:
                 if any(method.split("/")[0] == kind for method in args.methods):
                     measure(cluster, namespace, kind, body, 8, pods=warm_pods)
             for size in args.sizes:
-                loose = inference_deployment(f"loose-{size}", size, selector, within_node=False)
-                cases = [
-                    ("inferencedeployment", inference_deployment(f"infd-{size}", size, selector)),
-                    ("inferencedeployment/loose", loose),
-                    ("pod", {"metadata": {"name": f"bare-{size}"}}),
-                    ("statefulset", stateful_set(f"sts-{size}", size, template)),
-                    ("job", indexed_job(f"job-{size}", size, template)),
-                ]
-                if args.no_loose:
-                    del cases[1]
-                cases = [case for case in cases if case[0] in args.methods]
-                for kind, body in cases:
-                    resource = kind.split("/")[0]
-                    pods = operator_pods(f"bare-{size}", namespace, size, selector, nodes)
-                    created, running = measure(cluster, namespace, resource, body, size, pods=pods)
-                    rows.append((size, kind, created, running))
-                    print(f"{kind:>20} {size:>4} pods: created {created:6.2f} s, "
-                          f"running {running:6.2f} s", file=sys.stderr, flush=True)  # fmt: skip
-
-    print(f"{'pods':>5}  {'method':<34} {'all created':>12} {'all Running':>12}")
-    names = {
-        "inferencedeployment": "InferenceDeployment",
-        "inferencedeployment/loose": "InferenceDeployment, no affinity",
-        "pod": "bare client, the same pods",
-        "statefulset": "StatefulSet (Parallel)",
-        "job": "Indexed Job",
-    }
-    for size, kind, created, running in rows:
-        print(f"{size:>5}  {names[kind]:<34} {created:>10.2f} s {running:>10.2f} s")
-    print()
-    print("operator time / baseline time (below 1: the operator is faster)")
-    for size in args.sizes:
-        ours = {k: (c, r) for s, k, c, r in rows if s == size}
-        for mine in ("inferencedeployment", "inferencedeployment/loose"):
-            if mine not in ours:
-                continue
-            for kind in ("pod", "statefulset", "job"):
-                if kind not in ours:
-                    continue
-                created = ours[mine][0] / ours[kind][0]
-                running = ours[mine][1] / ours[kind][1]
-                print(
-                    f"{size:>5}  {names[mine]:<34} vs {names[kind]:<23}"
-                    f" created ×{created:.2f}   Running ×{running:.2f}"
-                )
+                for round_ in range(args.rounds):
+                    tag = f"{size}" if args.rounds == 1 else f"{size}-r{round_}"
+                    pinned = inference_deployment(f"infd-{tag}", size, selector)
+                    loose = inference_deployment(f"loose-{tag}", size, selector, within_node=False)
+                    cases = [
+                        ("inferencedeployment", pinned),
+                        ("inferencedeployment/loose", loose),
+                        ("pod", {"metadata": {"name": f"bare-{tag}"}}),
+                        ("statefulset", stateful_set(f"sts-{tag}", size, template)),
+                        ("job", indexed_job(f"job-{tag}", size, template)),
+                    ]
+                    if args.no_loose:
+                        del cases[1]
+                    cases = [case for case in cases if case[0] in args.methods]
+                    for kind, body in cases:
+                        resource = kind.split("/")[0]
+                        pods = operator_pods(f"bare-{tag}", namespace, size, selector, nodes)
+                        created, running = measure(
+                            cluster, namespace, resource, body, size, pods=pods
+                        )
+                        rows.append((size, kind, round_, created, running))
+                        print(f"{kind:>25} {size:>4} pods, round {round_ + 1}: created "
+                              f"{created:6.2f} s, running {running:6.2f} s",
+                              file=sys.stderr, flush=True)  # fmt: skip
+    report(rows, args.sizes, args.rounds)
     return 0
+
+
+NAMES = {
+    "inferencedeployment": "InferenceDeployment",
+    "inferencedeployment/loose": "InferenceDeployment, no affinity",
+    "pod": "bare client, the same pods",
+    "statefulset": "StatefulSet (Parallel)",
+    "job": "Indexed Job",
+}
+
+
+def _spread(values: list[float]) -> str:
+    """The median, and the range when there is more than one run."""
+    middle = statistics.median(values)
+    if len(values) == 1:
+        return f"{middle:>8.2f} s"
+    return f"{middle:>8.2f} s ({min(values):.2f}–{max(values):.2f})"
+
+
+def report(rows: list[tuple[int, str, int, float, float]], sizes: list[int], rounds: int) -> None:
+    title = "all created" if rounds == 1 else f"all created, median of {rounds}"
+    print(f"{'pods':>5}  {'method':<34} {title:>26} {'all Running':>26}")
+    for size in sizes:
+        for kind in NAMES:
+            created = [c for s, k, _, c, _ in rows if (s, k) == (size, kind)]
+            running = [r for s, k, _, _, r in rows if (s, k) == (size, kind)]
+            if created:
+                print(f"{size:>5}  {NAMES[kind]:<34} {_spread(created):>26} "
+                      f"{_spread(running):>26}")  # fmt: skip
+    print()
+    print("operator time / baseline time (below 1: the operator is faster)"
+          + ("" if rounds == 1 else f", the median of {rounds} rounds' ratios"))  # fmt: skip
+    for size in sizes:
+        by_round = {(k, n): (c, r) for s, k, n, c, r in rows if s == size}
+        for mine in ("inferencedeployment", "inferencedeployment/loose"):
+            for kind in ("pod", "statefulset", "job"):
+                pairs = [
+                    (by_round[(mine, n)], by_round[(kind, n)])
+                    for n in range(rounds)
+                    if (mine, n) in by_round and (kind, n) in by_round
+                ]
+                if not pairs:
+                    continue
+                created_ratio = statistics.median(ours[0] / theirs[0] for ours, theirs in pairs)
+                running_ratio = statistics.median(ours[1] / theirs[1] for ours, theirs in pairs)
+                print(
+                    f"{size:>5}  {NAMES[mine]:<34} vs {NAMES[kind]:<27}"
+                    f" created ×{created_ratio:.2f}   Running ×{running_ratio:.2f}"
+                )
 
 
 if __name__ == "__main__":

@@ -88,8 +88,10 @@ NAME_TAKEN: Final = "NameTaken"
 GANG_STATE_UNREADABLE: Final = "GangStateUnreadable"
 # After a write conflict the watch has a newer object on its way; look again shortly.
 CONFLICT_RETRY: Final = 1.0
-# How long a placement holds its GPUs while the watch has not shown the pod (it normally does
-# within milliseconds; a pod never created releases them after this).
+# How long a placement holds its GPUs once its create has answered while the watch has not
+# shown the pod (it normally does within milliseconds; a pod never shown releases them after
+# this). Until its create answers, however long the reconcile's writes wait their turn, a
+# placement holds its GPUs without limit; one never posted releases them when the reconcile ends.
 RESERVATION_SECONDS: Final = 30.0
 # A pod this process created is not created again while the watch has not shown it yet
 # (it normally does within a second; a pod deleted before being shown is recreated after this).
@@ -273,6 +275,8 @@ class Reconciler:
         self._topologies: dict[Key, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         # (namespace, pod) → (expiry, node): placed ranks not yet seen by the watch.
         self._reserved: dict[tuple[str, str], tuple[float, str]] = {}
+        # deployment → the pods its reconcile running now has placed (held until it ends).
+        self._placing: dict[Key, set[tuple[str, str]]] = {}
         # namespace → when it was seen being deleted
         self._terminating: dict[str, float] = {}
         # Creates still in flight after CREATES_WAITED_FOR, and what one of them found holding
@@ -344,16 +348,19 @@ class Reconciler:
                 )
                 if unreadable is not None:
                     decision = replace(decision, state_changed=True)
-                restarting = any(e.reason in FAILURE_REASONS for e in decision.events)
-                # Pods vanishing because their namespace goes are no gang failure.
-                if restarting and await self.cluster.namespace_terminating(namespace):
-                    raise NamespaceTerminating(f"namespace {namespace} is being deleted")
-                if unreadable is not None:
-                    logger.warning("%s/%s: %s; rebuilt from the pods", *key, unreadable)
-                    await self._event(body, "Warning", GANG_STATE_UNREADABLE, unreadable)
-                applied, taken = await self._act(
-                    key, metadata, spec, verdict, decision, placements, resource_version
-                )
+                try:
+                    restarting = any(e.reason in FAILURE_REASONS for e in decision.events)
+                    # Pods vanishing because their namespace goes are no gang failure.
+                    if restarting and await self.cluster.namespace_terminating(namespace):
+                        raise NamespaceTerminating(f"namespace {namespace} is being deleted")
+                    if unreadable is not None:
+                        logger.warning("%s/%s: %s; rebuilt from the pods", *key, unreadable)
+                        await self._event(body, "Warning", GANG_STATE_UNREADABLE, unreadable)
+                    applied, taken = await self._act(
+                        key, metadata, spec, verdict, decision, placements, resource_version
+                    )
+                finally:
+                    self._release_unposted(key)
                 if applied is None:
                     return CONFLICT_RETRY
                 resource_version = applied or resource_version
@@ -570,14 +577,29 @@ class Reconciler:
         spec: InferenceDeploymentSpec,
     ) -> None:
         namespace, name = key
-        expires = time.monotonic() + RESERVATION_SECONDS
+        pending = self._created.get(key) or {}
+        now = time.monotonic()
+        placing = self._placing.setdefault(key, set())
         for replica, only in decision.create:
             chosen = nodes.get(replica) or {}
             for rank in only if only is not None else range(spec.parallelism.world_size):
                 node = chosen.get(rank)
-                if node is not None:
-                    pod = owned_objects.pod_name(name, replica, rank)
-                    self._reserved[(namespace, pod)] = (expires, node)
+                pod = owned_objects.pod_name(name, replica, rank)
+                if node is None or pending.get(pod, 0.0) >= now:
+                    continue  # posted already: it goes where it was placed, and holds that
+                # Held while this reconcile acts (its gang annotation and Service may wait
+                # long for the API server): _record_creates or _release_unposted ends it.
+                self._reserved[(namespace, pod)] = (math.inf, node)
+                placing.add((namespace, pod))
+
+    def _release_unposted(self, key: Key) -> None:
+        """The reconcile has ended: its placements never posted (a conflict, an error, a
+        name taken) free their GPUs; those posted hold them until answered and shown."""
+        pending = self._created.get(key) or {}
+        for pod in self._placing.pop(key, ()):
+            held = self._reserved.get(pod)
+            if held is not None and held[0] == math.inf and pod[1] not in pending:
+                del self._reserved[pod]
 
     async def _act(
         self,

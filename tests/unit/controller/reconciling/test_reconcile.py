@@ -498,3 +498,86 @@ def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
     assert phases and all(u is Urgency.PHASE for _, u in phases)
     assert phases[-1] == ("Ready", Urgency.PHASE)
     assert counts and all(u is Urgency.PROGRESS for u in counts)
+
+
+class SlowGangWrites(FakeCluster):
+    """The API server at its limit: the gang annotation of `slow` waits until released."""
+
+    def __init__(self, slow: str) -> None:
+        super().__init__()
+        self.slow = slow
+        self.release = asyncio.Event()
+        self.waiting = False
+
+    async def patch_deployment(self, namespace: str, name: str, patch: Any, **kwargs: Any) -> Any:
+        if name == self.slow and kwargs.get("subresource") is None:
+            self.waiting = True
+            await self.release.wait()
+        return await super().patch_deployment(namespace, name, patch, **kwargs)
+
+
+def _two_for_one_node(cluster: FakeCluster) -> Reconciler:
+    cluster.node("n0", 4)
+    for name in ("a", "b"):  # each needs the whole node (TP=4, pinned to a node)
+        cluster.deployment(NS, name, spec(parallelism={"pipeline": 1, "tensor": 4}))
+    cluster.deliver()
+    return reconciler(cluster)
+
+
+def test_a_placement_holds_its_gpus_however_long_its_gang_annotation_waits(
+    monkeypatch: Any,
+) -> None:
+    """At scale a reconcile's first write can wait a minute for the API server: the GPUs it
+    placed on stay its own meanwhile, and a deployment reconciled then waits."""
+    from paraserve.controller.reconciling import reconcile
+
+    monkeypatch.setattr(reconcile, "RESERVATION_SECONDS", 0.0)  # any time limit would lapse
+    cluster = SlowGangWrites(slow="a")
+    r = _two_for_one_node(cluster)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(r.reconcile((NS, "a")))
+        while not cluster.waiting:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.02)
+        await r.reconcile((NS, "b"))
+        cluster.release.set()
+        await first
+
+    run(scenario())
+    assert len(cluster.pods_of(NS, "a")) == 4
+    assert cluster.pods_of(NS, "b") == []
+    assert status(cluster, "b")["phase"] == "Waiting"
+
+
+def test_a_placement_never_posted_frees_its_gpus_when_its_reconcile_ends() -> None:
+    """The gang annotation's write conflicts: nothing was created, so the next deployment can
+    take the node at once (not after the reservation's time)."""
+    cluster = _Conflicting(on="a")
+    r = _two_for_one_node(cluster)
+
+    async def scenario() -> None:
+        await r.reconcile((NS, "a"))
+        await r.reconcile((NS, "b"))
+
+    run(scenario())
+    assert cluster.pods_of(NS, "a") == []
+    assert len(cluster.pods_of(NS, "b")) == 4
+    # What is still held is b's alone.
+    assert {pod for _, pod in r._reserved} <= {
+        p["metadata"]["name"] for p in cluster.pods_of(NS, "b")
+    }
+
+
+class _Conflicting(FakeCluster):
+    """Every write to deployment `on`'s metadata meets a newer version (another writer)."""
+
+    def __init__(self, on: str) -> None:
+        super().__init__()
+        self.on = on
+
+    async def patch_deployment(self, namespace: str, name: str, patch: Any, **kwargs: Any) -> Any:
+        if name == self.on and kwargs.get("subresource") is None:
+            self.conflicts += 1
+            return None
+        return await super().patch_deployment(namespace, name, patch, **kwargs)
