@@ -16,7 +16,8 @@ which at 1,000 deployments is 10,000 rank pods. It prints:
 * the reconciles by result (ok, conflict, error) and the API's 409 answers to the operator;
 * the operator's watch-event-to-reconcile latency under that load (its queue-wait histogram:
   from a watch event queueing a deployment to a worker starting its reconcile), its reconcile
-  time, and the worst event-loop lag it sampled;
+  time, its API calls' wait for a thread and time in flight by lane, and the worst event-loop
+  lag it sampled;
 * the webhook's admission latency while busy, as the API server measured its calls
   (apiserver_admission_webhook_admission_duration_seconds), and the client's create latency;
 * at rest: the operator's resident memory and its API requests per second;
@@ -499,6 +500,13 @@ def run(
           f" {p99 * 1000:.1f} ms ({count} reconciles)")  # fmt: skip
     p50, p99, count = quantiles(busy, "paraserve_operator_reconcile_duration_seconds")
     print(f"  reconcile time, load: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+    for lane in ("pods", "deployments", "other"):
+        label = f'lane="{lane}"'
+        w50, w99, count = quantiles(busy, "paraserve_operator_api_call_wait_seconds", label)
+        c50, c99, _ = quantiles(busy, "paraserve_operator_api_call_duration_seconds", label)
+        print(f"  API calls, {lane} lane: waited for a thread p50 {w50 * 1000:.1f} ms, p99"
+              f" {w99 * 1000:.1f} ms; took p50 {c50 * 1000:.1f} ms, p99 {c99 * 1000:.1f} ms"
+              f" ({count} calls)")  # fmt: skip
     p50, p99, count = quantiles(busy, "paraserve_operator_event_loop_lag_seconds")
     low, high = worst_bucket(busy, "paraserve_operator_event_loop_lag_seconds")
     print(f"  event-loop lag, load: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, worst"

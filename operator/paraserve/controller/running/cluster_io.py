@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import functools
 import json
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +31,8 @@ COMPONENT: Final = "paraserve-operator"
 
 #: (verb, resource, HTTP status) of each call, for the metrics.
 CallObserver = Callable[[str, str, int], None]
+#: (lane, seconds waiting for a thread, seconds in flight) of each call, for the metrics.
+CallTimer = Callable[[str, float, float], None]
 
 
 class ApiError(Exception):
@@ -103,6 +105,7 @@ class Cluster:
         pod_workers: int | None = None,
         deployment_workers: int | None = None,
         observe: CallObserver | None = None,
+        time_calls: CallTimer | None = None,
         timeout: float = 30.0,
         may_write: Callable[[], bool] | None = None,
         name: str = "k8s-api",
@@ -119,6 +122,7 @@ class Cluster:
         # The deployments' writes enter their threads by urgency, not in arrival order.
         self._deployment_turns = PriorityGate(deployment_workers or workers)
         self._observe = observe or (lambda verb, resource, status: None)
+        self._time_calls = time_calls or (lambda lane, waited, took: None)
         self._timeout = timeout
         # Leadership: checked before a write is queued and again just before it is sent.
         self._may_write = may_write
@@ -149,7 +153,13 @@ class Cluster:
         self._check_leader(verb, path)
         loop = asyncio.get_running_loop()
         executor = self._lanes[lane] if lane is not None else self._executor
-        call = functools.partial(self._call, verb, path, body, list(query), content_type)
+        asked = time.monotonic()
+        sent = [asked]
+
+        def call() -> tuple[int, str]:
+            sent[0] = time.monotonic()
+            return self._call(verb, path, body, list(query), content_type)
+
         try:
             if lane == "deployments":
                 async with self._deployment_turns.slot(urgency):
@@ -159,6 +169,8 @@ class Cluster:
         except Exception:
             self._observe(verb, resource, 0)
             raise
+        finally:
+            self._time_calls(lane or "other", sent[0] - asked, time.monotonic() - sent[0])
         self._observe(verb, resource, status)
         try:
             data = json.loads(text) if text else {}

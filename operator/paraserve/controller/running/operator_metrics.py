@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
 
 class OperatorMetrics:
     """One registry per operator process (tests may build several)."""
@@ -33,6 +35,21 @@ class OperatorMetrics:
             "paraserve_operator_api_calls_total",
             "Calls to the Kubernetes API, by verb, resource and HTTP status (0: no response).",
             ["verb", "resource", "code"],
+            registry=self.registry,
+        )
+        self.api_call_wait_seconds = Histogram(
+            "paraserve_operator_api_call_wait_seconds",
+            "How long a call to the Kubernetes API waited for a thread of its lane (pods,"
+            " deployments, other) before it was sent.",
+            ["lane"],
+            buckets=_CALL_BUCKETS,
+            registry=self.registry,
+        )
+        self.api_call_seconds = Histogram(
+            "paraserve_operator_api_call_duration_seconds",
+            "How long a call to the Kubernetes API took once sent, by lane.",
+            ["lane"],
+            buckets=_CALL_BUCKETS,
             registry=self.registry,
         )
         self.pods_created = Counter(
@@ -83,6 +100,10 @@ class OperatorMetrics:
 
     def observe_call(self, verb: str, resource: str, status: int) -> None:
         self.api_calls.labels(verb=verb, resource=resource, code=str(status)).inc()
+
+    def time_call(self, lane: str, waited: float, took: float) -> None:
+        self.api_call_wait_seconds.labels(lane=lane).observe(waited)
+        self.api_call_seconds.labels(lane=lane).observe(took)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         start_http_server(port, addr=address, registry=self.registry)

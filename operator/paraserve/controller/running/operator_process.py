@@ -163,6 +163,7 @@ async def serve(options: OperatorOptions) -> int:
         pod_workers=POD_LANE,
         deployment_workers=DEPLOYMENT_LANE,
         observe=metrics.observe_call,
+        time_calls=metrics.time_call,
         may_write=fence.held if fence is not None else None,
     )
     elector: LeaderElector | None = None
