@@ -207,6 +207,12 @@ class Views:
 ALL: Final = "all"
 
 
+def _commit_point(decision: Decision) -> bool:
+    """The gang state must be stored before the decision is carried out: pods are deleted or
+    created, or a failure is counted (a restart counted is counted once, even if we die)."""
+    return bool(decision.create or decision.delete or decision.events)
+
+
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -406,9 +412,21 @@ class Reconciler:
             )
             if written is None:
                 return CONFLICT_RETRY
+            resource_version = written.get("metadata", {}).get("resourceVersion")
             announcement = phase_event(status, desired, observation)
             if announcement is not None:
                 await self._event(body, *announcement)
+        if decision is not None and decision.state_changed and not _commit_point(decision):
+            # Bookkeeping (a replica formed, a back-off reset), no commit point: written after
+            # the status, so that the status a user waits for never waits behind it.
+            kept = await self.writes.patch(
+                key,
+                {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
+                resource_version=resource_version,
+                urgency=Urgency.PROGRESS,
+            )
+            if kept is None:
+                return CONFLICT_RETRY
         return requeue
 
     # -- steps -----------------------------------------------------------------------------
@@ -617,7 +635,7 @@ class Reconciler:
         taken_meanwhile = self._taken_later.pop(key, None)
         if taken_meanwhile is not None:  # found by creates that outlasted an earlier reconcile
             return resource_version or "", taken_meanwhile
-        if decision.state_changed:
+        if decision.state_changed and _commit_point(decision):
             # The commit point: a restart counted here is counted once, even if we die next.
             written = await self.writes.patch(
                 key,

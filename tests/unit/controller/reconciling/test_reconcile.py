@@ -460,8 +460,9 @@ def test_a_ready_deployment_is_not_rewritten_when_another_takes_gpus_from_the_po
 
 
 def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
-    """A phase change goes before a gang annotation, which goes before a count of ranks ready:
-    at scale the deployments' lane sends the waiting writes in that order."""
+    """A phase change goes before a gang annotation that commits a gang, which goes before a
+    count of ranks ready or bookkeeping: at scale the deployments' lane sends the waiting
+    writes in that order."""
     from paraserve.controller.api_writes import Urgency
     from paraserve.controller.reconciling import reconcile
 
@@ -494,7 +495,11 @@ def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
         for patch, u in cluster.deployment_writes
         if set(patch.get("status", {})) and set(patch["status"]) <= {"ranks", "conditions"}
     ]
-    assert gang and all(u is Urgency.GANG for u in gang)
+    # Stored before the pods are created (the commit point), then once the replica formed,
+    # after the status that reconcile wrote and as bookkeeping: no status waits behind it.
+    assert gang == [Urgency.GANG, Urgency.PROGRESS]
+    formed = [i for i, (patch, _) in enumerate(cluster.deployment_writes) if "metadata" in patch][1]
+    assert "status" in cluster.deployment_writes[formed - 1][0]
     assert phases and all(u is Urgency.PHASE for _, u in phases)
     assert phases[-1] == ("Ready", Urgency.PHASE)
     assert counts and all(u is Urgency.PROGRESS for u in counts)
