@@ -12,12 +12,16 @@ class Urgency(IntEnum):
     """Which of the deployments' writes goes first when many wait for the API server (lower
     first): what a user or a tool waits on before what is rewritten anyway."""
 
-    #: A phase or a condition's verdict changes: `kubectl wait`, rollouts and people read it.
-    PHASE = 0
+    #: The phase comes to rest (Ready, Waiting, Rejected, Degraded, Failed): the answer
+    #: `kubectl wait`, rollouts and people wait for.
+    SETTLED = 0
+    #: Another phase or a condition's verdict changes (Scheduling, Running, MeetsSLO).
+    PHASE = 1
     #: The gang annotation: the commit point before a replica's pods are created or deleted.
-    GANG = 1
-    #: Counts of ranks ready or scheduled, measured figures: the next write carries them too.
-    PROGRESS = 2
+    GANG = 2
+    #: Counts of ranks ready or scheduled, measured figures, the gang's bookkeeping: the next
+    #: write carries them too.
+    PROGRESS = 3
 
 
 class NotLeader(Exception):

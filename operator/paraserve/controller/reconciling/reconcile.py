@@ -26,6 +26,7 @@ from paraserve.api import (
     KIND,
     Finding,
     InferenceDeploymentSpec,
+    Phase,
     Plan,
     describe_validation_error,
 )
@@ -205,6 +206,23 @@ class Views:
 
 
 ALL: Final = "all"
+
+
+#: Phases a deployment rests in until something changes: what users and tools wait for.
+SETTLED_PHASES: Final = frozenset(
+    {Phase.READY, Phase.WAITING, Phase.REJECTED, Phase.DEGRADED, Phase.FAILED}
+)
+
+
+def _status_urgency(
+    current: Mapping[str, Any], patch: Mapping[str, Any], progress_only: bool
+) -> Urgency:
+    if progress_only:
+        return Urgency.PROGRESS
+    phase = patch.get("phase")
+    if phase is not None and phase != current.get("phase") and phase in SETTLED_PHASES:
+        return Urgency.SETTLED
+    return Urgency.PHASE
 
 
 def _commit_point(decision: Decision) -> bool:
@@ -408,7 +426,7 @@ class Reconciler:
                 {"status": patch},
                 resource_version=resource_version,
                 subresource="status",
-                urgency=Urgency.PROGRESS if progress_only else Urgency.PHASE,
+                urgency=_status_urgency(status, patch, progress_only),
             )
             if written is None:
                 return CONFLICT_RETRY

@@ -460,9 +460,9 @@ def test_a_ready_deployment_is_not_rewritten_when_another_takes_gpus_from_the_po
 
 
 def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
-    """A phase change goes before a gang annotation that commits a gang, which goes before a
-    count of ranks ready or bookkeeping: at scale the deployments' lane sends the waiting
-    writes in that order."""
+    """A deployment turning Ready goes before any other phase change, which goes before a gang
+    annotation that commits a gang, which goes before a count of ranks ready or bookkeeping: at
+    scale the deployments' lane sends the waiting writes in that order."""
     from paraserve.controller.api_writes import Urgency
     from paraserve.controller.reconciling import reconcile
 
@@ -500,8 +500,9 @@ def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
     assert gang == [Urgency.GANG, Urgency.PROGRESS]
     formed = [i for i, (patch, _) in enumerate(cluster.deployment_writes) if "metadata" in patch][1]
     assert "status" in cluster.deployment_writes[formed - 1][0]
-    assert phases and all(u is Urgency.PHASE for _, u in phases)
-    assert phases[-1] == ("Ready", Urgency.PHASE)
+    # On its way (Scheduling, Running) a phase; come to rest (Ready) the most urgent of all.
+    assert phases[:-1] and all(u is Urgency.PHASE for _, u in phases[:-1])
+    assert phases[-1] == ("Ready", Urgency.SETTLED)
     assert counts and all(u is Urgency.PROGRESS for u in counts)
 
 

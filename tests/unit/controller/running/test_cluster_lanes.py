@@ -112,7 +112,7 @@ class HeldPatchesApi:
         return _Answer(200, {"kind": "InferenceDeployment"})
 
 
-def test_a_phase_change_is_sent_before_the_gang_and_progress_writes_queued_ahead_of_it() -> None:
+def test_a_deployment_turning_ready_is_sent_before_the_writes_queued_ahead_of_it() -> None:
     api = HeldPatchesApi()
     cluster = Cluster(api, workers=2, pod_workers=2, deployment_workers=1)
 
@@ -131,7 +131,8 @@ def test_a_phase_change_is_sent_before_the_gang_and_progress_writes_queued_ahead
             ("counting-1", Urgency.PROGRESS),
             ("new-gang", Urgency.GANG),
             ("counting-2", Urgency.PROGRESS),
-            ("turned-ready", Urgency.PHASE),
+            ("scheduling", Urgency.PHASE),
+            ("turned-ready", Urgency.SETTLED),
         ):
             queued.append(asyncio.ensure_future(write(name, urgency)))
             await asyncio.sleep(0.01)
@@ -143,4 +144,6 @@ def test_a_phase_change_is_sent_before_the_gang_and_progress_writes_queued_ahead
     finally:
         api.release.set()
         cluster.close()
-    assert api.sent == ["in-flight", "turned-ready", "new-gang", "counting-1", "counting-2"]
+    assert api.sent == [
+        "in-flight", "turned-ready", "scheduling", "new-gang", "counting-1", "counting-2"
+    ]  # fmt: skip
