@@ -20,12 +20,19 @@ class Urgency(IntEnum):
     #: The gang annotation: the commit point before a replica's pods are created or deleted.
     GANG = 2
     #: Counts of ranks ready or scheduled, measured figures, the gang's bookkeeping: the next
-    #: write carries them too.
+    #: write carries them too, so they are not sent while others wait (LaneBusy).
     PROGRESS = 3
 
 
 class NotLeader(Exception):
     """A write refused before it was sent: this process no longer holds the Lease."""
+
+
+class LaneBusy(Exception):
+    """Not sent: more urgent writes wait for the API server, and this one (a progress count,
+    measured figures) would be carried by the deployment's next write anyway. Waiting in line,
+    it would hold its deployment: that deployment's next write, perhaps the one that says
+    Ready, would wait behind it."""
 
 
 class WriteRefused(Exception):
@@ -56,7 +63,7 @@ class StatusWriter(Protocol):
         *,
         resource_version: str | None,
         subresource: str | None = None,
-        urgency: Urgency = Urgency.PROGRESS,
+        urgency: Urgency = Urgency.PHASE,
     ) -> dict[str, Any] | None: ...
 
 

@@ -65,7 +65,7 @@ class DeploymentWrites:
         *,
         resource_version: str | None,
         subresource: str | None = None,
-        urgency: Urgency = Urgency.PROGRESS,
+        urgency: Urgency = Urgency.PHASE,
     ) -> dict[str, Any] | None:
         """Merge-patch the deployment if unchanged since `resource_version`; None on conflict."""
         written = await self.cluster.patch_deployment(

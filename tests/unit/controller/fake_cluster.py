@@ -220,7 +220,7 @@ class FakeCluster:
         *,
         resource_version: str | None,
         subresource: str | None = None,
-        urgency: Urgency = Urgency.PROGRESS,
+        urgency: Urgency = Urgency.PHASE,
     ) -> dict[str, Any] | None:
         await self._call("PATCH", KIND + (f"/{subresource}" if subresource else ""), name)
         self.deployment_writes.append((copy.deepcopy(patch), urgency))

@@ -24,7 +24,7 @@ import kopf
 from pydantic import ValidationError
 
 from paraserve.api import ConditionType, InferenceDeploymentSpec, Phase, StalledReplica
-from paraserve.controller.api_writes import StatusWriter, Urgency
+from paraserve.controller.api_writes import LaneBusy, StatusWriter, Urgency
 from paraserve.controller.deployment_writes import DeploymentWrites
 from paraserve.controller.measurement import device_memory, stall
 from paraserve.controller.measurement.exposition import ExpositionError, parse
@@ -352,13 +352,18 @@ class Measurer:
             patch = status_patch(
                 measured, condition, status, generation=metadata.get("generation"), now=stamp
             )
-            written = await self.writes.patch(
-                key,
-                {"status": patch},
-                resource_version=metadata.get("resourceVersion"),
-                subresource="status",
-                urgency=Urgency.PHASE if verdict_changed(previous, condition) else Urgency.PROGRESS,
-            )
+            try:
+                written = await self.writes.patch(
+                    key,
+                    {"status": patch},
+                    resource_version=metadata.get("resourceVersion"),
+                    subresource="status",
+                    urgency=(
+                        Urgency.PHASE if verdict_changed(previous, condition) else Urgency.PROGRESS
+                    ),
+                )
+            except LaneBusy:  # figures only, while others wait: the next interval writes them
+                return False
         return written is not None  # a conflict: the next interval reads the newer object
 
     def _stalls(

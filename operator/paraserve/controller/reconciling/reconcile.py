@@ -32,6 +32,7 @@ from paraserve.api import (
 )
 from paraserve.controller.api_writes import (
     ClusterWrites,
+    LaneBusy,
     NamespaceTerminating,
     NameTaken,
     Urgency,
@@ -417,17 +418,19 @@ class Reconciler:
             # Ranks becoming ready one by one: at most one such write per interval per deployment.
             wait = self._last_write.get(key, -1e9) + PROGRESS_WRITE_INTERVAL - time.monotonic()
             if wait > 0:
-                self.counting_until[key] = time.monotonic() + wait
-                return min(wait, requeue) if requeue is not None else wait
+                return self._count_later(key, wait, requeue)
         if patch:
             self._last_write[key] = time.monotonic()
-            written = await self.writes.patch(
-                key,
-                {"status": patch},
-                resource_version=resource_version,
-                subresource="status",
-                urgency=_status_urgency(status, patch, progress_only),
-            )
+            try:
+                written = await self.writes.patch(
+                    key,
+                    {"status": patch},
+                    resource_version=resource_version,
+                    subresource="status",
+                    urgency=_status_urgency(status, patch, progress_only),
+                )
+            except LaneBusy:  # counts only, while others wait: the next write carries them
+                return self._count_later(key, PROGRESS_WRITE_INTERVAL, requeue)
             if written is None:
                 return CONFLICT_RETRY
             resource_version = written.get("metadata", {}).get("resourceVersion")
@@ -437,15 +440,24 @@ class Reconciler:
         if decision is not None and decision.state_changed and not _commit_point(decision):
             # Bookkeeping (a replica formed, a back-off reset), no commit point: written after
             # the status, so that the status a user waits for never waits behind it.
-            kept = await self.writes.patch(
-                key,
-                {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
-                resource_version=resource_version,
-                urgency=Urgency.PROGRESS,
-            )
+            try:
+                kept = await self.writes.patch(
+                    key,
+                    {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
+                    resource_version=resource_version,
+                    urgency=Urgency.PROGRESS,
+                )
+            except LaneBusy:  # decided again by the next reconcile
+                return self._count_later(key, PROGRESS_WRITE_INTERVAL, requeue)
             if kept is None:
                 return CONFLICT_RETRY
         return requeue
+
+    def _count_later(self, key: Key, wait: float, requeue: float | None) -> float:
+        """A progress write put off for `wait` seconds: the deployment is looked at again then,
+        and the pod events meanwhile do not queue it (manager.py)."""
+        self.counting_until[key] = time.monotonic() + wait
+        return min(wait, requeue) if requeue is not None else wait
 
     # -- steps -----------------------------------------------------------------------------
 

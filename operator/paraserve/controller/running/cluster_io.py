@@ -23,7 +23,13 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from paraserve.api import GROUP, PLURAL, VERSION
-from paraserve.controller.api_writes import NamespaceTerminating, NameTaken, NotLeader, Urgency
+from paraserve.controller.api_writes import (
+    LaneBusy,
+    NamespaceTerminating,
+    NameTaken,
+    NotLeader,
+    Urgency,
+)
 from paraserve.controller.running.priority_gate import PriorityGate
 
 MERGE_PATCH: Final = "application/merge-patch+json"
@@ -146,11 +152,13 @@ class Cluster:
         query: Sequence[tuple[str, str]] = (),
         content_type: str = "application/json",
         lane: str | None = None,
-        urgency: Urgency = Urgency.PROGRESS,
+        urgency: Urgency = Urgency.PHASE,
     ) -> Result:
         """`lane`: "pods" (a create or delete, one of many) or "deployments" (a write of one,
-        sent in order of `urgency`)."""
+        sent in order of `urgency`; LaneBusy for a PROGRESS write that would have to wait)."""
         self._check_leader(verb, path)
+        if lane == "deployments" and urgency >= Urgency.PROGRESS and self._deployment_turns.full:
+            raise LaneBusy(f"{verb} {path}: not sent, more urgent writes wait")
         loop = asyncio.get_running_loop()
         executor = self._lanes[lane] if lane is not None else self._executor
         asked = time.monotonic()
@@ -304,7 +312,7 @@ class Cluster:
         *,
         resource_version: str | None,
         subresource: str | None = None,
-        urgency: Urgency = Urgency.PROGRESS,
+        urgency: Urgency = Urgency.PHASE,
     ) -> dict[str, Any] | None:
         """Merge-patch the deployment (or its status) if unchanged since read; None on conflict."""
         body = dict(patch)

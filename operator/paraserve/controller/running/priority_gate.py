@@ -28,6 +28,11 @@ class PriorityGate:
     def waiting(self) -> int:
         return sum(1 for _, _, granted in self._waiting if not granted.done())
 
+    @property
+    def full(self) -> bool:
+        """A call entering now would have to wait."""
+        return self._free == 0 or self.waiting > 0
+
     @contextlib.asynccontextmanager
     async def slot(self, urgency: int) -> AsyncIterator[None]:
         """Held while the call is in flight; `urgency`: lower goes first."""

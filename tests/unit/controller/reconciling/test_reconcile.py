@@ -587,3 +587,56 @@ class _Conflicting(FakeCluster):
             self.conflicts += 1
             return None
         return await super().patch_deployment(namespace, name, patch, **kwargs)
+
+
+class BusyLane(FakeCluster):
+    """The deployments' lane is full: writes that the next one carries anyway are refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = False
+        self.refused = 0
+
+    async def patch_deployment(self, namespace: str, name: str, patch: Any, **kwargs: Any) -> Any:
+        from paraserve.controller.api_writes import LaneBusy, Urgency
+
+        if self.busy and kwargs.get("urgency") is Urgency.PROGRESS:
+            self.refused += 1
+            raise LaneBusy("more urgent writes wait")
+        return await super().patch_deployment(namespace, name, patch, **kwargs)
+
+
+def test_a_count_of_ranks_ready_is_put_off_while_the_lane_is_busy_and_the_phase_is_not(
+    monkeypatch: Any,
+) -> None:
+    from paraserve.controller.reconciling import reconcile
+
+    monkeypatch.setattr(reconcile, "PROGRESS_WRITE_INTERVAL", 0.0)
+    cluster = BusyLane()
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec(parallelism={"pipeline": 4, "tensor": 1}))
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d", rounds=1)
+    pods = sorted(cluster.pods_of(NS, "d"), key=lambda pod: pod["metadata"]["name"])
+
+    def ready(count: int) -> float | None:
+        for index, pod in enumerate(pods):
+            for entry in pod["status"]["conditions"]:
+                if entry["type"] == "Ready":
+                    entry["status"] = "True" if index < count else "False"
+            cluster.put(pod)
+        cluster.deliver()
+        return run(r.reconcile((NS, "d")))  # type: ignore[no-any-return]
+
+    ready(2)
+    counted = status(cluster, "d")["ranks"]
+    cluster.busy = True
+    again = ready(3)  # a count alone: not sent, looked at again after the interval
+    assert cluster.refused == 1 and again == 0.0 and (NS, "d") in r.counting_until
+    assert status(cluster, "d")["ranks"] == counted
+    ready(4)  # every rank ready: Ready is sent, busy or not
+    assert status(cluster, "d")["phase"] == "Ready"
+    cluster.busy = False
+    run(r.reconcile((NS, "d")))
+    assert status(cluster, "d")["ranks"]["ready"] == 4

@@ -7,7 +7,9 @@ import json
 import threading
 from typing import Any
 
-from paraserve.controller.api_writes import Urgency
+import pytest
+
+from paraserve.controller.api_writes import LaneBusy, Urgency
 from paraserve.controller.running.cluster_io import Cluster
 
 
@@ -128,10 +130,9 @@ def test_a_deployment_turning_ready_is_sent_before_the_writes_queued_ahead_of_it
             await asyncio.sleep(0.01)
         queued = []
         for name, urgency in (
-            ("counting-1", Urgency.PROGRESS),
-            ("new-gang", Urgency.GANG),
-            ("counting-2", Urgency.PROGRESS),
+            ("gang-1", Urgency.GANG),
             ("scheduling", Urgency.PHASE),
+            ("gang-2", Urgency.GANG),
             ("turned-ready", Urgency.SETTLED),
         ):
             queued.append(asyncio.ensure_future(write(name, urgency)))
@@ -144,6 +145,36 @@ def test_a_deployment_turning_ready_is_sent_before_the_writes_queued_ahead_of_it
     finally:
         api.release.set()
         cluster.close()
-    assert api.sent == [
-        "in-flight", "turned-ready", "scheduling", "new-gang", "counting-1", "counting-2"
-    ]  # fmt: skip
+    assert api.sent == ["in-flight", "turned-ready", "scheduling", "gang-1", "gang-2"]
+
+
+def test_a_progress_write_is_not_queued_behind_others_and_a_phase_write_is() -> None:
+    api = HeldPatchesApi()
+    cluster = Cluster(api, workers=2, pod_workers=2, deployment_workers=1)
+
+    def write(name: str, urgency: Urgency) -> Any:
+        return cluster.patch_deployment(
+            "ns", name, {"status": {}}, resource_version="1", subresource="status",
+            urgency=urgency,
+        )  # fmt: skip
+
+    async def scenario() -> bool:
+        in_flight = asyncio.ensure_future(write("in-flight", Urgency.PHASE))
+        while not api.sent:
+            await asyncio.sleep(0.01)
+        with pytest.raises(LaneBusy):
+            await write("counting", Urgency.PROGRESS)  # refused at once, never sent
+        queued = asyncio.ensure_future(write("running", Urgency.PHASE))
+        await asyncio.sleep(0.05)
+        waiting = not queued.done()
+        api.release.set()
+        await asyncio.gather(in_flight, queued)
+        # With the lane free again, a progress write is sent.
+        return waiting and await write("counting-now", Urgency.PROGRESS) is not None
+
+    try:
+        assert asyncio.run(scenario())
+    finally:
+        api.release.set()
+        cluster.close()
+    assert api.sent == ["in-flight", "running", "counting-now"]
