@@ -292,6 +292,8 @@ class Reconciler:
         #: event can only count ranks again: the manager lets events wait for it (a gang of
         #: 1,024 ranks starting sends thousands, each a whole reconcile).
         self.counting_until: dict[Key, float] = {}
+        #: Deployments whose progress write was refused (LaneBusy), oldest first.
+        self.parked: dict[Key, None] = {}
         # deployment → pod → expiry: pods created, not yet shown by the watch.
         self._created: dict[Key, dict[str, float]] = {}
         self._look_again: dict[Key, float] = {}
@@ -322,6 +324,7 @@ class Reconciler:
 
     async def _reconcile(self, key: Key) -> float | None:
         self.counting_until.pop(key, None)
+        self.parked.pop(key, None)
         body = self.writes.current(key)
         if body is None:
             self._last_write.pop(key, None)
@@ -430,7 +433,7 @@ class Reconciler:
                     urgency=_status_urgency(status, patch, progress_only),
                 )
             except LaneBusy:  # counts only, while others wait: the next write carries them
-                return self._count_later(key, PROGRESS_WRITE_INTERVAL, requeue)
+                return self._count_when_there_is_room(key, requeue)
             if written is None:
                 return CONFLICT_RETRY
             resource_version = written.get("metadata", {}).get("resourceVersion")
@@ -448,7 +451,7 @@ class Reconciler:
                     urgency=Urgency.PROGRESS,
                 )
             except LaneBusy:  # decided again by the next reconcile
-                return self._count_later(key, PROGRESS_WRITE_INTERVAL, requeue)
+                return self._count_when_there_is_room(key, requeue)
             if kept is None:
                 return CONFLICT_RETRY
         return requeue
@@ -458,6 +461,26 @@ class Reconciler:
         and the pod events meanwhile do not queue it (manager.py)."""
         self.counting_until[key] = time.monotonic() + wait
         return min(wait, requeue) if requeue is not None else wait
+
+    def _count_when_there_is_room(self, key: Key, requeue: float | None) -> float | None:
+        """A progress write refused while more urgent ones wait (LaneBusy): the deployment is
+        looked at again when the lane has room (room_for_progress), or at its next pod event
+        (held for PROGRESS_WRITE_INTERVAL, as after any progress write). Not on a timer: 300
+        deployments retrying every second kept the event loop from the watch."""
+        self.parked[key] = None
+        self.counting_until[key] = time.monotonic() + PROGRESS_WRITE_INTERVAL
+        return requeue
+
+    def room_for_progress(self, free: int) -> list[Key]:
+        """The deployment lane has `free` threads and nobody waits: the deployments whose
+        progress writes were refused longest ago, as many as there is room for."""
+        keys: list[Key] = []
+        while self.parked and len(keys) < free:
+            key = next(iter(self.parked))
+            del self.parked[key]
+            self.counting_until.pop(key, None)
+            keys.append(key)
+        return keys
 
     # -- steps -----------------------------------------------------------------------------
 

@@ -138,6 +138,11 @@ class Cluster:
         """The client configuration: where the API server is and how we authenticate."""
         return self._api.configuration
 
+    def on_deployment_lane_room(self, callback: Callable[[int], None]) -> None:
+        """`callback(free threads)` whenever a deployment write ends and none waits: the time
+        for progress writes that were refused (LaneBusy)."""
+        self._deployment_turns.on_room = callback
+
     def close(self) -> None:
         for executor in {self._executor, *self._lanes.values()}:
             executor.shutdown(wait=False, cancel_futures=True)

@@ -100,6 +100,12 @@ class Manager:
             return
         self._add(key)
 
+    def lane_has_room(self, free: int) -> None:
+        """The deployments' write lane has room: look again at those whose progress write was
+        refused while it was full."""
+        for key in self.reconciler.room_for_progress(free):
+            self._add(key)
+
     def _add(self, key: Key) -> None:
         self.queue.add(key)
         self.metrics.queue_depth.set(len(self.queue))

@@ -200,6 +200,7 @@ async def serve(options: OperatorOptions) -> int:
     )
     kopf_toggles.install()
     kopf_turns.install()
+    cluster.on_deployment_lane_room(manager.lane_has_room)
     registry = build_registry(manager, cluster)
     settings = operator_settings(options)
     kopf_essence.install(settings, registry)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 
 class PriorityGate:
@@ -23,6 +23,8 @@ class PriorityGate:
         self._free = capacity
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
+        #: Told how many calls could enter at once whenever a call leaves and nobody waits.
+        self.on_room: Callable[[int], None] | None = None
 
     @property
     def waiting(self) -> int:
@@ -64,3 +66,5 @@ class PriorityGate:
                 granted.set_result(None)
                 return
         self._free += 1
+        if self.on_room is not None:
+            self.on_room(self._free)

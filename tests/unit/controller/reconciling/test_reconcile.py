@@ -632,9 +632,13 @@ def test_a_count_of_ranks_ready_is_put_off_while_the_lane_is_busy_and_the_phase_
     ready(2)
     counted = status(cluster, "d")["ranks"]
     cluster.busy = True
-    again = ready(3)  # a count alone: not sent, looked at again after the interval
-    assert cluster.refused == 1 and again == 0.0 and (NS, "d") in r.counting_until
+    # A count alone: not sent, and not retried on a timer; looked at again when the lane has
+    # room (or at the next pod event).
+    again = ready(3)
+    assert cluster.refused == 1 and again is None and list(r.parked) == [(NS, "d")]
     assert status(cluster, "d")["ranks"] == counted
+    assert r.room_for_progress(0) == [] and r.room_for_progress(2) == [(NS, "d")]
+    assert not r.parked and (NS, "d") not in r.counting_until
     ready(4)  # every rank ready: Ready is sent, busy or not
     assert status(cluster, "d")["phase"] == "Ready"
     cluster.busy = False

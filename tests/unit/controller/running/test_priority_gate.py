@@ -87,3 +87,26 @@ def test_a_call_cancelled_while_waiting_or_just_let_in_does_not_lose_a_slot() ->
 def test_a_gate_without_room_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one call"):
         PriorityGate(0)
+
+
+def test_room_is_announced_only_when_a_call_leaves_and_nobody_waits() -> None:
+    gate = PriorityGate(1)
+    announced: list[int] = []
+    gate.on_room = announced.append
+
+    async def call(hold: asyncio.Event | None = None) -> None:
+        async with gate.slot(0):
+            if hold is not None:
+                await hold.wait()
+
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        first = asyncio.ensure_future(call(hold))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(call())
+        await asyncio.sleep(0)
+        hold.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(scenario())
+    assert announced == [1]  # the first handed its slot on; the second left it free
