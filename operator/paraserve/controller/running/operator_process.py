@@ -31,7 +31,7 @@ from paraserve.controller.running.operator_metrics import OperatorMetrics
 #: Pod creates and deletes in flight at once (a replica's ranks are created together), writes of
 #: the deployments (status, the gang annotation), and every other call (Services, ConfigMaps,
 #: Events): a status write never waits behind the creates of the deployments starting.
-POD_LANE: Final = 32
+POD_LANE: Final = 64
 DEPLOYMENT_LANE: Final = 8
 OTHER_LANE: Final = 16
 

@@ -459,6 +459,28 @@ def test_a_ready_deployment_is_not_rewritten_when_another_takes_gpus_from_the_po
     assert status(cluster, "waiting")["gpusFree"] == 0
 
 
+def _four_ranks_turning_ready(cluster: FakeCluster) -> tuple[Reconciler, Any]:
+    """PP=4 on one node, created and running; `ready(n)` makes the first n ranks ready and
+    reconciles once (its requeue returned)."""
+    cluster.node("n0", 4)
+    cluster.deployment(NS, "d", spec(parallelism={"pipeline": 4, "tensor": 1}))
+    cluster.deliver()
+    r = reconciler(cluster)
+    settle(cluster, r, "d", rounds=1)
+    pods = sorted(cluster.pods_of(NS, "d"), key=lambda pod: pod["metadata"]["name"])
+
+    def ready(count: int) -> float | None:
+        for index, pod in enumerate(pods):
+            for entry in pod["status"]["conditions"]:
+                if entry["type"] == "Ready":
+                    entry["status"] = "True" if index < count else "False"
+            cluster.put(pod)
+        cluster.deliver()
+        return run(r.reconcile((NS, "d")))  # type: ignore[no-any-return]
+
+    return r, ready
+
+
 def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
     """A deployment turning Ready goes before any other phase change, which goes before a gang
     annotation that commits a gang, which goes before a count of ranks ready or bookkeeping: at
@@ -468,20 +490,9 @@ def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(reconcile, "PROGRESS_WRITE_INTERVAL", 0.0)
     cluster = FakeCluster()
-    cluster.node("n0", 4)
-    cluster.deployment(NS, "d", spec(parallelism={"pipeline": 4, "tensor": 1}))
-    cluster.deliver()
-    r = reconciler(cluster)
-    settle(cluster, r, "d", rounds=1)
-    pods = sorted(cluster.pods_of(NS, "d"), key=lambda pod: pod["metadata"]["name"])
-    for ready in range(2, 5):  # the ranks turn ready one at a time
-        for index, pod in enumerate(pods):
-            for entry in pod["status"]["conditions"]:
-                if entry["type"] == "Ready":
-                    entry["status"] = "True" if index < ready else "False"
-            cluster.put(pod)
-        cluster.deliver()
-        run(r.reconcile((NS, "d")))
+    _, ready = _four_ranks_turning_ready(cluster)
+    for count in range(2, 5):  # the ranks turn ready one at a time
+        ready(count)
     assert status(cluster, "d")["phase"] == "Ready"
 
     gang = [u for patch, u in cluster.deployment_writes if "metadata" in patch]
@@ -613,22 +624,7 @@ def test_a_count_of_ranks_ready_is_put_off_while_the_lane_is_busy_and_the_phase_
 
     monkeypatch.setattr(reconcile, "PROGRESS_WRITE_INTERVAL", 0.0)
     cluster = BusyLane()
-    cluster.node("n0", 4)
-    cluster.deployment(NS, "d", spec(parallelism={"pipeline": 4, "tensor": 1}))
-    cluster.deliver()
-    r = reconciler(cluster)
-    settle(cluster, r, "d", rounds=1)
-    pods = sorted(cluster.pods_of(NS, "d"), key=lambda pod: pod["metadata"]["name"])
-
-    def ready(count: int) -> float | None:
-        for index, pod in enumerate(pods):
-            for entry in pod["status"]["conditions"]:
-                if entry["type"] == "Ready":
-                    entry["status"] = "True" if index < count else "False"
-            cluster.put(pod)
-        cluster.deliver()
-        return run(r.reconcile((NS, "d")))  # type: ignore[no-any-return]
-
+    r, ready = _four_ranks_turning_ready(cluster)
     ready(2)
     counted = status(cluster, "d")["ranks"]
     cluster.busy = True

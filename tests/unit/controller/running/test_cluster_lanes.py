@@ -114,18 +114,18 @@ class HeldPatchesApi:
         return _Answer(200, {"kind": "InferenceDeployment"})
 
 
+def _write(cluster: Cluster, name: str, urgency: Urgency) -> Any:
+    return cluster.patch_deployment(
+        "ns", name, {"status": {}}, resource_version="1", subresource="status", urgency=urgency
+    )
+
+
 def test_a_deployment_turning_ready_is_sent_before_the_writes_queued_ahead_of_it() -> None:
     api = HeldPatchesApi()
     cluster = Cluster(api, workers=2, pod_workers=2, deployment_workers=1)
 
-    def write(name: str, urgency: Urgency) -> Any:
-        return cluster.patch_deployment(
-            "ns", name, {"status": {}}, resource_version="1", subresource="status",
-            urgency=urgency,
-        )  # fmt: skip
-
     async def scenario() -> None:
-        in_flight = asyncio.ensure_future(write("in-flight", Urgency.PROGRESS))
+        in_flight = asyncio.ensure_future(_write(cluster, "in-flight", Urgency.PROGRESS))
         while not api.sent:  # the lane's one thread is taken
             await asyncio.sleep(0.01)
         queued = []
@@ -135,7 +135,7 @@ def test_a_deployment_turning_ready_is_sent_before_the_writes_queued_ahead_of_it
             ("gang-2", Urgency.GANG),
             ("turned-ready", Urgency.SETTLED),
         ):
-            queued.append(asyncio.ensure_future(write(name, urgency)))
+            queued.append(asyncio.ensure_future(_write(cluster, name, urgency)))
             await asyncio.sleep(0.01)
         api.release.set()
         await asyncio.gather(in_flight, *queued)
@@ -152,25 +152,19 @@ def test_a_progress_write_is_not_queued_behind_others_and_a_phase_write_is() -> 
     api = HeldPatchesApi()
     cluster = Cluster(api, workers=2, pod_workers=2, deployment_workers=1)
 
-    def write(name: str, urgency: Urgency) -> Any:
-        return cluster.patch_deployment(
-            "ns", name, {"status": {}}, resource_version="1", subresource="status",
-            urgency=urgency,
-        )  # fmt: skip
-
     async def scenario() -> bool:
-        in_flight = asyncio.ensure_future(write("in-flight", Urgency.PHASE))
+        in_flight = asyncio.ensure_future(_write(cluster, "in-flight", Urgency.PHASE))
         while not api.sent:
             await asyncio.sleep(0.01)
         with pytest.raises(LaneBusy):
-            await write("counting", Urgency.PROGRESS)  # refused at once, never sent
-        queued = asyncio.ensure_future(write("running", Urgency.PHASE))
+            await _write(cluster, "counting", Urgency.PROGRESS)  # refused at once, never sent
+        queued = asyncio.ensure_future(_write(cluster, "running", Urgency.PHASE))
         await asyncio.sleep(0.05)
         waiting = not queued.done()
         api.release.set()
         await asyncio.gather(in_flight, queued)
         # With the lane free again, a progress write is sent.
-        return waiting and await write("counting-now", Urgency.PROGRESS) is not None
+        return waiting and await _write(cluster, "counting-now", Urgency.PROGRESS) is not None
 
     try:
         assert asyncio.run(scenario())
