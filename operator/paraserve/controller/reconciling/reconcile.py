@@ -442,16 +442,15 @@ class Reconciler:
                 await self._event(body, *announcement)
         if decision is not None and decision.state_changed and not _commit_point(decision):
             # Bookkeeping (a replica formed, a back-off reset), no commit point: written after
-            # the status, so that the status a user waits for never waits behind it.
-            try:
-                kept = await self.writes.patch(
-                    key,
-                    {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
-                    resource_version=resource_version,
-                    urgency=Urgency.PROGRESS,
-                )
-            except LaneBusy:  # decided again by the next reconcile
-                return self._count_when_there_is_room(key, requeue)
+            # the status, so that the status a user waits for never waits behind it. It waits
+            # its turn, never refused: until it is stored, a rank that vanishes would be filled
+            # in alone instead of failing a formed gang.
+            kept = await self.writes.patch(
+                key,
+                {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
+                resource_version=resource_version,
+                urgency=Urgency.GANG,
+            )
             if kept is None:
                 return CONFLICT_RETRY
         return requeue

@@ -483,8 +483,8 @@ def _four_ranks_turning_ready(cluster: FakeCluster) -> tuple[Reconciler, Any]:
 
 def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
     """A deployment turning Ready goes before any other phase change, which goes before a gang
-    annotation that commits a gang, which goes before a count of ranks ready or bookkeeping: at
-    scale the deployments' lane sends the waiting writes in that order."""
+    annotation, which goes before a count of ranks ready: at scale the deployments' lane sends
+    the waiting writes in that order."""
     from paraserve.controller.api_writes import Urgency
     from paraserve.controller.reconciling import reconcile
 
@@ -507,8 +507,8 @@ def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
         if set(patch.get("status", {})) and set(patch["status"]) <= {"ranks", "conditions"}
     ]
     # Stored before the pods are created (the commit point), then once the replica formed,
-    # after the status that reconcile wrote and as bookkeeping: no status waits behind it.
-    assert gang == [Urgency.GANG, Urgency.PROGRESS]
+    # after the status that reconcile wrote: no status waits behind it.
+    assert gang == [Urgency.GANG, Urgency.GANG]
     formed = [i for i, (patch, _) in enumerate(cluster.deployment_writes) if "metadata" in patch][1]
     assert "status" in cluster.deployment_writes[formed - 1][0]
     # On its way (Scheduling, Running) a phase; come to rest (Ready) the most urgent of all.
