@@ -17,11 +17,11 @@ class Urgency(IntEnum):
     SETTLED = 0
     #: Another phase or a condition's verdict changes (Scheduling, Running, MeetsSLO).
     PHASE = 1
-    #: The gang annotation: the commit point before a replica's pods are created or deleted,
-    #: and its bookkeeping after (a replica formed).
+    #: The gang annotation: the commit point before a replica's pods are created or deleted.
     GANG = 2
-    #: Counts of ranks ready or scheduled, measured figures: the next write carries them too,
-    #: so they are not sent while others wait (LaneBusy).
+    #: Counts of ranks ready or scheduled, measured figures, the gang's bookkeeping (kept in
+    #: memory until stored): a later write carries them, so they are not sent while others
+    #: wait (LaneBusy).
     PROGRESS = 3
 
 

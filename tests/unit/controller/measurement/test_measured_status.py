@@ -16,6 +16,7 @@ from expositions import PARASERVE, VLLM
 
 from paraserve.api import SloSpec
 from paraserve.api.labels import METRICS_ADDRESS_ANNOTATION
+from paraserve.controller.api_writes import LaneBusy, Urgency
 from paraserve.controller.measurement.measure_loop import Measurer, MeasureSettings
 from paraserve.controller.measurement.measured_status import (
     History,
@@ -269,6 +270,15 @@ def _deployment(slo: dict[str, Any]) -> dict[str, Any]:
 
 async def _measure_once(text: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     """One pass of the loop over a live endpoint serving `text`, a closed port and an extra pod."""
+    patches, written = await _measure(text, spec, {}, RecordingCluster())
+    assert written
+    return patches
+
+
+async def _measure(
+    text: str, spec: dict[str, Any], status: dict[str, Any], cluster: RecordingCluster
+) -> tuple[list[dict[str, Any]], bool]:
+    """The patches one pass wrote, and whether it says it wrote."""
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=text, content_type="text/plain")
@@ -287,15 +297,42 @@ async def _measure_once(text: str, spec: dict[str, Any]) -> list[dict[str, Any]]
     ]
     body = _deployment({"prefillP99": "1s"})
     body["spec"].update(spec)
-    cluster = RecordingCluster()
+    body["status"].update(status)
     measurer = Measurer(cluster, MeasureSettings(timeout=2, address_annotation=True))  # type: ignore[arg-type]
     measurer.bind({"deployments": {("ns", "d"): [body]}, RANK_PODS: {("ns", "d"): targets}})
     try:
         async with aiohttp.ClientSession() as session:
-            assert await measurer.measure(("ns", "d"), session, asyncio.Semaphore(2))
+            written = await measurer.measure(("ns", "d"), session, asyncio.Semaphore(2))
     finally:
         await runner.cleanup()
-    return cluster.patches
+    return cluster.patches, written
+
+
+class BusyLane(RecordingCluster):
+    """The deployments' lane is full: a write of figures alone is refused (LaneBusy)."""
+
+    async def patch_deployment(
+        self, namespace: str, name: str, patch: dict[str, Any], **kwargs: Any
+    ) -> dict[str, Any]:
+        if kwargs.get("urgency") is Urgency.PROGRESS:
+            raise LaneBusy("more urgent writes wait")
+        return await super().patch_deployment(namespace, name, patch, **kwargs)
+
+
+def test_new_figures_wait_for_room_and_a_new_verdict_does_not() -> None:
+    [first] = asyncio.run(asyncio.wait_for(_measure_once(PARASERVE, {}), timeout=30))
+    older = {**first["status"]["measured"], "ranksUnreachable": 0}
+
+    def measure(conditions: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+        status = {"measured": older, "conditions": conditions}
+        return asyncio.run(asyncio.wait_for(_measure(PARASERVE, {}, status, BusyLane()), 30))
+
+    # The same verdict, other figures: refused while the lane is busy, nothing written.
+    assert measure(first["status"]["conditions"]) == ([], False)
+    # A new verdict (it was False) is sent, busy or not.
+    missed = [{**first["status"]["conditions"][0], "status": "False", "reason": "Missed"}]
+    patches, written = measure(missed)
+    assert written and patches[0]["status"]["conditions"][0]["status"] == "True"
 
 
 def test_the_loop_reads_the_endpoints_and_reports_an_unreachable_rank() -> None:
