@@ -15,13 +15,13 @@ class Urgency(IntEnum):
     #: The phase comes to rest (Ready, Waiting, Rejected, Degraded, Failed): the answer
     #: `kubectl wait`, rollouts and people wait for.
     SETTLED = 0
-    #: Another phase or a condition's verdict changes (Scheduling, Running, MeetsSLO).
+    #: Another phase or a condition's verdict changes (Scheduling, Running, MeetsSLO), and the
+    #: gang's bookkeeping once a gang has started (a replica formed).
     PHASE = 1
     #: The gang annotation: the commit point before a replica's pods are created or deleted.
     GANG = 2
-    #: Counts of ranks ready or scheduled, measured figures, the gang's bookkeeping (kept in
-    #: memory until stored): a later write carries them, so they are not sent while others
-    #: wait (LaneBusy).
+    #: Counts of ranks ready or scheduled, measured figures: the next write carries them too,
+    #: so they are not sent while others wait (LaneBusy).
     PROGRESS = 3
 
 

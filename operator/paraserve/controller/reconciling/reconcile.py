@@ -294,9 +294,6 @@ class Reconciler:
         self.counting_until: dict[Key, float] = {}
         #: Deployments whose progress write was refused (LaneBusy), oldest first.
         self.parked: dict[Key, None] = {}
-        # deployment → (its uid, the annotation it was decided from, the gang state decided):
-        # the gang's bookkeeping refused while the lane was busy, not stored yet.
-        self._unstored: dict[Key, tuple[str, str | None, GangState]] = {}
         # deployment → pod → expiry: pods created, not yet shown by the watch.
         self._created: dict[Key, dict[str, float]] = {}
         self._look_again: dict[Key, float] = {}
@@ -331,7 +328,6 @@ class Reconciler:
         body = self.writes.current(key)
         if body is None:
             self._last_write.pop(key, None)
-            self._unstored.pop(key, None)
             self.writes.forget([key])
             self._created.pop(key, None)
             self._topologies.pop(key, None)
@@ -352,16 +348,8 @@ class Reconciler:
         pods = [p for p in self.views.ranks_of(key) if p.owner_uid in ("", uid)]
         self._forget_shown_creations(key, pods)
         unreadable: str | None = None
-        stored = (metadata.get("annotations") or {}).get(GANG_ANNOTATION)
         try:
-            state = GangState.parse(stored)
-            # Bookkeeping decided but not stored yet (its write was refused while the lane was
-            # busy) stands until the annotation moves on: a formed gang stays formed.
-            remembered = self._remembered_state(key, uid, stored)
-            if remembered is not None:
-                state = remembered
-            else:
-                self._unstored.pop(key, None)
+            state = GangState.parse((metadata.get("annotations") or {}).get(GANG_ANNOTATION))
         except CorruptGangState as error:
             # Surfaced, and rebuilt from what is certain (never silently started over).
             unreadable = str(error)
@@ -388,12 +376,6 @@ class Reconciler:
                 )
                 if unreadable is not None:
                     decision = replace(decision, state_changed=True)
-                elif key in self._unstored:
-                    # Decided from memory: what must be stored is what the annotation lacks.
-                    written_state = GangState.parse(stored).serialize()
-                    decision = replace(
-                        decision, state_changed=decision.state.serialize() != written_state
-                    )
                 try:
                     restarting = any(e.reason in FAILURE_REASONS for e in decision.events)
                     # Pods vanishing because their namespace goes are no gang failure.
@@ -460,32 +442,19 @@ class Reconciler:
                 await self._event(body, *announcement)
         if decision is not None and decision.state_changed and not _commit_point(decision):
             # Bookkeeping (a replica formed, a back-off reset), no commit point: written after
-            # the status, so that the status a user waits for never waits behind it. Refused
-            # while the lane is busy, it is kept in memory (a formed gang stays formed) and
-            # written later.
-            annotation = decision.state.serialize()
-            try:
-                kept = await self.writes.patch(
-                    key,
-                    {"metadata": {"annotations": {GANG_ANNOTATION: annotation}}},
-                    resource_version=resource_version,
-                    urgency=Urgency.PROGRESS,
-                )
-            except LaneBusy:
-                self._unstored[key] = (uid, stored, decision.state)
-                return self._count_when_there_is_room(key, requeue)
+            # the status, so that the status a user waits for never waits behind it. Never
+            # refused (until it is stored, a rank that vanishes would be filled in alone instead
+            # of failing a formed gang), and ahead of the gangs starting: it holds its
+            # deployment while it waits.
+            kept = await self.writes.patch(
+                key,
+                {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
+                resource_version=resource_version,
+                urgency=Urgency.PHASE,
+            )
             if kept is None:
                 return CONFLICT_RETRY
-            self._unstored.pop(key, None)
         return requeue
-
-    def _remembered_state(self, key: Key, uid: str, stored: str | None) -> GangState | None:
-        """The gang state kept in memory in place of the annotation `stored` of the deployment
-        `uid` (not one deleted and created again under its name), if any."""
-        unstored = self._unstored.get(key)
-        if unstored is None or unstored[:2] != (uid, stored):
-            return None
-        return unstored[2]
 
     def _count_later(self, key: Key, wait: float, requeue: float | None) -> float:
         """A progress write put off for `wait` seconds: the deployment is looked at again then,

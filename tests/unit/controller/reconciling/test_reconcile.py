@@ -507,8 +507,8 @@ def test_each_deployment_write_says_how_urgent_it_is(monkeypatch: Any) -> None:
         if set(patch.get("status", {})) and set(patch["status"]) <= {"ranks", "conditions"}
     ]
     # Stored before the pods are created (the commit point), then once the replica formed,
-    # after the status that reconcile wrote, as bookkeeping: no status waits behind it.
-    assert gang == [Urgency.GANG, Urgency.PROGRESS]
+    # after the status that reconcile wrote: no status waits behind it.
+    assert gang == [Urgency.GANG, Urgency.PHASE]
     formed = [i for i, (patch, _) in enumerate(cluster.deployment_writes) if "metadata" in patch][1]
     assert "status" in cluster.deployment_writes[formed - 1][0]
     # On its way (Scheduling, Running) a phase; come to rest (Ready) the most urgent of all.
@@ -640,26 +640,3 @@ def test_a_count_of_ranks_ready_is_put_off_while_the_lane_is_busy_and_the_phase_
     cluster.busy = False
     run(r.reconcile((NS, "d")))
     assert status(cluster, "d")["ranks"]["ready"] == 4
-
-
-def test_a_gang_formed_while_its_bookkeeping_could_not_be_stored_still_fails_as_a_gang() -> None:
-    """The write that records a replica formed is refused while the lane is busy: the operator
-    remembers it, so a rank that vanishes then restarts the whole gang (a lone new rank could
-    not join its peers' process group) instead of being filled in alone."""
-    cluster = BusyLane()
-    cluster.busy = True
-    cluster.node("n0", 4)
-    cluster.deployment(NS, "d", spec(parallelism={"pipeline": 4, "tensor": 1}))
-    cluster.deliver()
-    r = reconciler(cluster)
-    settle(cluster, r, "d", rounds=2)
-    assert status(cluster, "d")["phase"] == "Ready" and cluster.refused >= 1
-    stored = cluster.get("InferenceDeployment", NS, "d")["metadata"]["annotations"]  # type: ignore[index]
-    assert json.loads(stored[GANG_ANNOTATION])["replicas"]["0"]["formed"] is False
-    cluster.remove("Pod", NS, "d-0-0")  # deleted out of band
-    cluster.deliver()
-    run(r.reconcile((NS, "d")))
-    assert "ReplicaRestart" in cluster.reasons()
-    assert cluster.pods_of(NS, "d") == [] or all(
-        p["metadata"].get("deletionTimestamp") for p in cluster.pods_of(NS, "d")
-    )
