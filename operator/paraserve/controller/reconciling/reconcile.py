@@ -446,15 +446,22 @@ class Reconciler:
             # refused (until it is stored, a rank that vanishes would be filled in alone instead
             # of failing a formed gang), and ahead of the gangs starting: it holds its
             # deployment while it waits.
-            kept = await self.writes.patch(
-                key,
-                {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
-                resource_version=resource_version,
-                urgency=Urgency.PHASE,
-            )
+            kept = await self._store_gang(key, decision.state, resource_version, Urgency.PHASE)
             if kept is None:
                 return CONFLICT_RETRY
         return requeue
+
+    async def _store_gang(
+        self, key: Key, state: GangState, resource_version: str | None, urgency: Urgency
+    ) -> dict[str, Any] | None:
+        """Write the gang annotation if the deployment is unchanged since read; None on a
+        conflict."""
+        return await self.writes.patch(
+            key,
+            {"metadata": {"annotations": {GANG_ANNOTATION: state.serialize()}}},
+            resource_version=resource_version,
+            urgency=urgency,
+        )
 
     def _count_later(self, key: Key, wait: float, requeue: float | None) -> float:
         """A progress write put off for `wait` seconds: the deployment is looked at again then,
@@ -690,12 +697,7 @@ class Reconciler:
             return resource_version or "", taken_meanwhile
         if decision.state_changed and _commit_point(decision):
             # The commit point: a restart counted here is counted once, even if we die next.
-            written = await self.writes.patch(
-                key,
-                {"metadata": {"annotations": {GANG_ANNOTATION: decision.state.serialize()}}},
-                resource_version=resource_version,
-                urgency=Urgency.GANG,
-            )
+            written = await self._store_gang(key, decision.state, resource_version, Urgency.GANG)
             if written is None:
                 return None, None
             resource_version = written.get("metadata", {}).get("resourceVersion")

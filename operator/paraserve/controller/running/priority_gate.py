@@ -32,8 +32,9 @@ class PriorityGate:
 
     @property
     def full(self) -> bool:
-        """A call entering now would have to wait."""
-        return self._free == 0 or self.waiting > 0
+        """A call entering now would have to wait. (Nobody waits while a slot is free: a
+        leaving call hands its slot to a waiter before it frees one.)"""
+        return self._free == 0
 
     @contextlib.asynccontextmanager
     async def slot(self, urgency: int) -> AsyncIterator[None]:
@@ -45,7 +46,7 @@ class PriorityGate:
             self._leave()
 
     async def _enter(self, urgency: int) -> None:
-        if self._free > 0 and not self.waiting:
+        if not self.full:
             self._free -= 1
             return
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
