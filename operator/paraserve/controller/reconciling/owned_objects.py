@@ -362,6 +362,7 @@ def replica_pods(
     """
     nodes = group_nodes or {}
     counted = counted_on or {}
+    wanted = None if only_ranks is None else set(only_ranks)
     return [
         rank_pod(
             owner,
@@ -374,7 +375,7 @@ def replica_pods(
             counted_on=counted.get(rank.rank),
         )
         for rank in ranks(spec.parallelism)
-        if only_ranks is None or rank.rank in only_ranks
+        if wanted is None or rank.rank in wanted
     ]
 
 

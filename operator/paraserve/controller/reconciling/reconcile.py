@@ -725,16 +725,17 @@ class Reconciler:
         if decision.create:
             pin = spec.placement.tensor_parallel_within_node and spec.parallelism.tensor > 1
             tensor = spec.parallelism.tensor
+            to_post = self._ranks_to_post(key, decision, spec.parallelism.world_size)
             manifests = [
                 pod
-                for replica, only in decision.create
+                for replica, ranks in to_post
                 for pod in owned_objects.replica_pods(
                     owner,
                     spec,
                     replica,
                     hash_=hash_,
                     default_image=self.settings.default_image,
-                    only_ranks=only,
+                    only_ranks=ranks,
                     group_nodes=(
                         {rank // tensor: node for rank, node in nodes.get(replica, {}).items()}
                         if pin
@@ -743,20 +744,6 @@ class Reconciler:
                     counted_on=None if pin else nodes.get(replica),
                 )
             ]
-            # A reconcile that ran while the watch had not shown all of an earlier one's pods
-            # would post them again (and get 409s, doubling the load while a gang starts).
-            pending = self._created.setdefault(key, {})
-            now = time.monotonic()
-            waiting = [
-                due
-                for m in manifests
-                if now <= (due := pending.get(m["metadata"]["name"], 0.0)) < math.inf
-            ]
-            # Look again when they are due, in case they were never shown (those still in
-            # flight queue the deployment when they are answered).
-            if waiting:
-                self._look_again[key] = min(waiting) - now + 0.1
-            manifests = [m for m in manifests if pending.get(m["metadata"]["name"], 0.0) < now]
             # Every one posted and not shown yet: nothing to send, say or announce again.
             if manifests:
                 # In flight: never posted twice meanwhile, its GPUs held however long it waits
@@ -787,6 +774,37 @@ class Reconciler:
                 self.metrics.gang_restarts.inc()
             await self._event({"metadata": metadata}, event.type, event.reason, event.message)
         return resource_version or "", None
+
+    def _ranks_to_post(
+        self, key: Key, decision: Decision, world_size: int
+    ) -> list[tuple[int, list[int]]]:
+        """The ranks of `decision.create` to post now, by replica: not those posted already.
+
+        A reconcile that ran while the watch had not shown all of an earlier one's pods would
+        post them again (and get 409s, doubling the load while a gang starts). They are left
+        out before rendering: at 1,024 ranks the render is what costs, and a starting gang is
+        reconciled once per batch of its pods' events.
+        """
+        _, name = key
+        pending = self._created.setdefault(key, {})
+        now = time.monotonic()
+        to_post: list[tuple[int, list[int]]] = []
+        waiting: list[float] = []
+        for replica, only in decision.create:
+            ranks = []
+            for rank in only if only is not None else range(world_size):
+                due = pending.get(owned_objects.pod_name(name, replica, rank), 0.0)
+                if due < now:
+                    ranks.append(rank)
+                elif due < math.inf:
+                    waiting.append(due)
+            if ranks:
+                to_post.append((replica, ranks))
+        # Look again when they are due, in case they were never shown (those still in flight
+        # queue the deployment when they are answered).
+        if waiting:
+            self._look_again[key] = min(waiting) - now + 0.1
+        return to_post
 
     def _hold(
         self,
