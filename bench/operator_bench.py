@@ -12,6 +12,9 @@ world size it creates, in turn and alone on the pool:
 * a bare client creating the same pods (the operator's renderer and placement, all but the
   owner reference) with 64 create requests in flight: what the API server itself allows, the
   floor for any controller;
+* the same bare client after creating the operator's headless Service for those pods (what
+  gives each its DNS name): the endpoints controllers then track every pod as the operator's
+  do, so this is the floor for the same pods reachable by name;
 * a StatefulSet with podManagementPolicy Parallel and `size` replicas, and an Indexed Job with
   `size` completions all in parallel, both from rank 0's pod as their template (the same env,
   ports, volumes and GPU; a single template cannot pin each TP group to its node);
@@ -151,6 +154,24 @@ def operator_pods(
     return pods
 
 
+def operator_service(
+    name: str, namespace: str, size: int, selector: dict[str, str]
+) -> dict[str, Any]:
+    """The headless Service the operator makes for `inference_deployment(name, size)`, with no
+    owner (as `operator_pods`)."""
+    from paraserve.api import InferenceDeploymentSpec
+    from paraserve.controller.reconciling import owned_objects
+
+    spec = InferenceDeploymentSpec.model_validate(
+        inference_deployment(name, size, selector)["spec"]
+    )
+    service = owned_objects.headless_service(
+        owned_objects.Owner(name=name, namespace=namespace, uid=""), spec
+    )
+    del service["metadata"]["ownerReferences"]
+    return service
+
+
 def rank_template(
     name: str, namespace: str, selector: dict[str, str], nodes: list[str]
 ) -> dict[str, Any]:
@@ -241,20 +262,20 @@ def measure(
     clock.started = time.monotonic()
     name = body["metadata"]["name"]
     try:
-        if kind == "pod":
-            create_bare(cluster, namespace, pods or [])
-        else:
+        if kind != "pod":  # the bare client's Service goes first, as the operator's does
             cluster.apply(body, namespace=namespace)
+        if kind in ("pod", "service"):
+            create_bare(cluster, namespace, pods or [])
         cluster.wait_for(lambda: clock.done(size), timeout=900, interval=0.1, what=kind)
         return clock.result(size)
     finally:
         stop.set()
         # Not `--wait`: 1,024 pods take kwok longer to finish than kubectl's own timeout.
-        if kind == "pod":
+        if kind in ("pod", "service"):
             cluster.kubectl(
                 "delete", "pods", "-l", f"bench={name}", "-n", namespace, "--wait=false"
             )
-        else:
+        if kind != "pod":
             cluster.kubectl("delete", kind, name, "-n", namespace, "--wait=false")
         cluster.wait_for(
             lambda: not cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout,
@@ -288,7 +309,16 @@ def operator(cluster: LocalCluster, log: Path) -> Iterator[subprocess.Popen[byte
         process.wait(timeout=30)
 
 
-METHODS = ("inferencedeployment", "inferencedeployment/loose", "pod", "statefulset", "job")
+METHODS = (
+    "inferencedeployment",
+    "inferencedeployment/loose",
+    "pod",
+    "pod/service",
+    "statefulset",
+    "job",
+)
+# The resource each method creates and `measure` takes.
+RESOURCES = {"pod/service": "service"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
                         ("inferencedeployment", pinned),
                         ("inferencedeployment/loose", loose),
                         ("pod", {"metadata": {"name": f"bare-{tag}"}}),
+                        (
+                            "pod/service",
+                            operator_service(f"bare-{tag}", namespace, size, selector),
+                        ),
                         ("statefulset", stateful_set(f"sts-{tag}", size, template)),
                         ("job", indexed_job(f"job-{tag}", size, template)),
                     ]
@@ -353,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                         del cases[1]
                     cases = [case for case in cases if case[0] in args.methods]
                     for kind, body in cases:
-                        resource = kind.split("/")[0]
+                        resource = RESOURCES.get(kind, kind.split("/")[0])
                         pods = operator_pods(f"bare-{tag}", namespace, size, selector, nodes)
                         created, running = measure(
                             cluster, namespace, resource, body, size, pods=pods
@@ -370,6 +404,7 @@ NAMES = {
     "inferencedeployment": "InferenceDeployment",
     "inferencedeployment/loose": "InferenceDeployment, no affinity",
     "pod": "bare client, the same pods",
+    "pod/service": "bare client + headless Service",
     "statefulset": "StatefulSet (Parallel)",
     "job": "Indexed Job",
 }
@@ -399,7 +434,7 @@ def report(rows: list[tuple[int, str, int, float, float]], sizes: list[int], rou
     for size in sizes:
         by_round = {(k, n): (c, r) for s, k, n, c, r in rows if s == size}
         for mine in ("inferencedeployment", "inferencedeployment/loose"):
-            for kind in ("pod", "statefulset", "job"):
+            for kind in ("pod", "pod/service", "statefulset", "job"):
                 pairs = [
                     (by_round[(mine, n)], by_round[(kind, n)])
                     for n in range(rounds)
@@ -410,7 +445,7 @@ def report(rows: list[tuple[int, str, int, float, float]], sizes: list[int], rou
                 created_ratio = statistics.median(ours[0] / theirs[0] for ours, theirs in pairs)
                 running_ratio = statistics.median(ours[1] / theirs[1] for ours, theirs in pairs)
                 print(
-                    f"{size:>5}  {NAMES[mine]:<34} vs {NAMES[kind]:<27}"
+                    f"{size:>5}  {NAMES[mine]:<34} vs {NAMES[kind]:<30}"
                     f" created ×{created_ratio:.2f}   Running ×{running_ratio:.2f}"
                 )
 
