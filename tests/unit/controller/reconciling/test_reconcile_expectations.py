@@ -94,6 +94,28 @@ def test_a_pod_shown_then_deleted_is_created_again_at_once():
     assert len(writes.posted) == 8
 
 
+def test_only_the_missing_rank_is_posted_while_the_rest_are_in_flight(monkeypatch: Any):
+    """A rank shown and then deleted while its gang's other pods are still in flight (posted,
+    not shown): the next reconcile renders and posts that one rank, none of the others."""
+    reconciler, _, writes = setup()
+    rendered: list[list[int] | None] = []
+    render = owned_objects.replica_pods
+
+    def recording(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        rendered.append(kwargs.get("only_ranks"))
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(owned_objects, "replica_pods", recording)
+    asyncio.run(reconciler.reconcile(("ns", "d")))
+    assert rendered == [[0, 1, 2, 3]]
+    # The watch showed rank 2 alone, and then it was deleted; ranks 0, 1 and 3 are in flight.
+    reconciler._created[("ns", "d")].pop("d-0-2")
+    rendered.clear()
+    asyncio.run(reconciler.reconcile(("ns", "d")))
+    assert writes.posted[4:] == ["d-0-2"]
+    assert rendered == [[2]]
+
+
 class SlowWrites(Writes):
     """Creates that wait for the API server until released; status writes answer at once."""
 
