@@ -540,6 +540,14 @@ def run(
     )
     print(f"  event-loop lag, worst since the operator started (its first listing"
           f" included): {worst * 1000:.0f} ms")  # fmt: skip
+    # The garbage collector holds the whole process: a full collection walks every object.
+    longest = total(after, "paraserve_operator_gc_pause_max_seconds")
+    spent = total(after, "paraserve_operator_gc_pause_seconds_sum")
+    full = 'generation="2"'
+    full_count = after.get(f"paraserve_operator_gc_pause_seconds_count{{{full}}}", 0.0)
+    full_spent = after.get(f"paraserve_operator_gc_pause_seconds_sum{{{full}}}", 0.0)
+    print(f"  garbage collector since the start: longest pause {longest * 1000:.0f} ms;"
+          f" {full_count:.0f} full collections, {full_spent:.2f} s; all {spent:.2f} s")  # fmt: skip
 
     # -- restart ---------------------------------------------------------------------------
     operator.stop()

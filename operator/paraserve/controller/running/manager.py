@@ -22,7 +22,7 @@ from paraserve.controller.api_writes import NotLeader
 from paraserve.controller.reconciling import architecture_source
 from paraserve.controller.reconciling.gang import MAX_EXPONENT
 from paraserve.controller.reconciling.reconcile import CONFLICT_RETRY, Key, Reconciler, Views
-from paraserve.controller.running import loop_lag
+from paraserve.controller.running import gc_pauses, loop_lag
 from paraserve.controller.running.cluster_io import ApiError
 from paraserve.controller.running.operator_metrics import OperatorMetrics
 from paraserve.controller.running.workqueue import WorkQueue
@@ -44,6 +44,10 @@ RETRY_MAX: Final = 60.0
 def retry_delay(failures: int) -> float:
     """The delay before the next attempt; the exponent is capped, so it never overflows."""
     return min(RETRY_MAX, RETRY_BASE * 2.0 ** min(failures, MAX_EXPONENT))
+
+
+def _nothing() -> None:
+    return None
 
 
 class Manager:
@@ -72,6 +76,7 @@ class Manager:
         self._loop_thread: int | None = None
         self._started = time.monotonic()
         self._stopping = False
+        self._stop_gc_timing: Callable[[], None] = _nothing
 
     # -- fed by the watch handlers (on the event loop; from a thread they hand off to it) -----
 
@@ -173,6 +178,9 @@ class Manager:
             self._spawn(f"reconcile-{number}", self._work)
         self._spawn("resync", self._resync)
         self._spawn("loop-lag", lambda: loop_lag.sample(self.metrics.observe_loop_lag))
+        pauses = gc_pauses.GcPauses()
+        self._stop_gc_timing = pauses.install()
+        self._spawn("gc-pauses", lambda: gc_pauses.report(pauses, self.metrics.observe_gc_pause))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -184,6 +192,8 @@ class Manager:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._stop_gc_timing()
+        self._stop_gc_timing = _nothing
         self.reconciler.cancel_creations()
         self.queue.close()
 

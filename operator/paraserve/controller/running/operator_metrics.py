@@ -13,6 +13,7 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._loop_lag_max = 0.0
+        self._gc_pause_max = 0.0
         self.reconciles = Counter(
             "paraserve_operator_reconciles_total",
             "Reconciles of InferenceDeployments, by result.",
@@ -86,6 +87,19 @@ class OperatorMetrics:
             "The worst event-loop lag sampled since the process started.",
             registry=self.registry,
         )
+        self.gc_pause_seconds = Histogram(
+            "paraserve_operator_gc_pause_seconds",
+            "How long one collection of Python's cyclic garbage collector held the process, by"
+            " generation (2: a full collection, which walks every tracked object).",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.gc_pause_max_seconds = Gauge(
+            "paraserve_operator_gc_pause_max_seconds",
+            "The longest collection of the garbage collector since the process started.",
+            registry=self.registry,
+        )
         self.leader = Gauge(
             "paraserve_operator_leader",
             "1 while this process holds the leader lease.",
@@ -97,6 +111,12 @@ class OperatorMetrics:
         if seconds > self._loop_lag_max:
             self._loop_lag_max = seconds
             self.loop_lag_max_seconds.set(seconds)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        self.gc_pause_seconds.labels(generation=str(generation)).observe(seconds)
+        if seconds > self._gc_pause_max:
+            self._gc_pause_max = seconds
+            self.gc_pause_max_seconds.set(seconds)
 
     def observe_call(self, verb: str, resource: str, status: int) -> None:
         self.api_calls.labels(verb=verb, resource=resource, code=str(status)).inc()
