@@ -22,7 +22,7 @@ from paraserve.controller.admission.options import WebhookOptions
 from paraserve.controller.measurement import measure_loop
 from paraserve.controller.reconciling.gang import Backoff
 from paraserve.controller.reconciling.reconcile import ControllerSettings, Reconciler, Views
-from paraserve.controller.running import kopf_essence, kopf_toggles, kopf_turns, watches
+from paraserve.controller.running import gc_pauses, kopf_essence, kopf_toggles, kopf_turns, watches
 from paraserve.controller.running.cluster_io import Cluster, load_api_client
 from paraserve.controller.running.leader import Fence, LeaderElector, LeaseTimings
 from paraserve.controller.running.manager import Manager
@@ -270,6 +270,7 @@ async def serve(options: OperatorOptions) -> int:
 
 def run(options: OperatorOptions) -> int:
     configure_logging(options)
+    gc_pauses.tune()
     try:
         return asyncio.run(serve(options))
     except KeyboardInterrupt:
