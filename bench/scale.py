@@ -548,6 +548,11 @@ def run(
     full_spent = after.get(f"paraserve_operator_gc_pause_seconds_sum{{{full}}}", 0.0)
     print(f"  garbage collector since the start: longest pause {longest * 1000:.0f} ms;"
           f" {full_count:.0f} full collections, {full_spent:.2f} s; all {spent:.2f} s")  # fmt: skip
+    stalls = held_loop(operator.log)
+    print(f"  event loop held for 1 s or more: {len(stalls)} times; the longest, with the stacks"
+          " the watchdog found it in:")  # fmt: skip
+    for seconds, found in sorted(stalls, reverse=True)[:STALLS_SHOWN]:
+        print(f"    {seconds:.2f} s: {found}")
 
     # -- restart ---------------------------------------------------------------------------
     operator.stop()
@@ -576,6 +581,20 @@ def run(
         f" same pod UIDs: {same} ({len(uids)} pods)"
     )
     stop.set()
+
+
+STALLS_SHOWN = 5
+_HELD = re.compile(r"event loop held for ([0-9.]+) s; found in: (.*)$")
+
+
+def held_loop(log: Path) -> list[tuple[float, str]]:
+    """The operator's own lines on each stall of its event loop (`loop_stalls`): seconds, where."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        match = _HELD.search(line)
+        if match:
+            found.append((float(match.group(1)), match.group(2)))
+    return found
 
 
 def _answers(operator: Operator) -> dict[str, float] | None:

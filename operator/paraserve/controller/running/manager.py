@@ -22,7 +22,7 @@ from paraserve.controller.api_writes import NotLeader
 from paraserve.controller.reconciling import architecture_source
 from paraserve.controller.reconciling.gang import MAX_EXPONENT
 from paraserve.controller.reconciling.reconcile import CONFLICT_RETRY, Key, Reconciler, Views
-from paraserve.controller.running import gc_pauses, loop_lag
+from paraserve.controller.running import gc_pauses, loop_lag, loop_stalls
 from paraserve.controller.running.cluster_io import ApiError
 from paraserve.controller.running.operator_metrics import OperatorMetrics
 from paraserve.controller.running.workqueue import WorkQueue
@@ -77,6 +77,7 @@ class Manager:
         self._started = time.monotonic()
         self._stopping = False
         self._stop_gc_timing: Callable[[], None] = _nothing
+        self._stop_stall_watch: Callable[[], None] = _nothing
 
     # -- fed by the watch handlers (on the event loop; from a thread they hand off to it) -----
 
@@ -181,6 +182,9 @@ class Manager:
         pauses = gc_pauses.GcPauses()
         self._stop_gc_timing = pauses.install()
         self._spawn("gc-pauses", lambda: gc_pauses.report(pauses, self.metrics.observe_gc_pause))
+        stalls = loop_stalls.StallWatch()
+        self._stop_stall_watch = stalls.start(loop_stalls.log_stall)
+        self._spawn("loop-stalls", lambda: loop_stalls.beat_forever(stalls))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -194,6 +198,8 @@ class Manager:
         self._tasks.clear()
         self._stop_gc_timing()
         self._stop_gc_timing = _nothing
+        self._stop_stall_watch()
+        self._stop_stall_watch = _nothing
         self.reconciler.cancel_creations()
         self.queue.close()
 
