@@ -29,28 +29,20 @@ def run(workers: int, turns: StartTurns | None) -> list[str]:
     return order
 
 
-def longest_run_of_starts(order: list[str]) -> int:
-    """The most workers' first stretches that ran with no other work between them."""
-    return max(
-        len(list(run))
-        for starting, run in itertools.groupby(order, key=lambda entry: entry.startswith("start"))
-        if starting
+def starts_back_to_back(order: list[str]) -> int:
+    return sum(
+        1
+        for first, second in itertools.pairwise(order)
+        if first.startswith("start") and second.startswith("start")
     )
 
 
 def test_without_turns_every_worker_starts_in_the_same_turn() -> None:
-    assert longest_run_of_starts(run(50, None)) == 50
+    assert starts_back_to_back(run(50, None)) == 49
 
 
-def test_one_per_turn_other_work_runs_between_any_two_starts() -> None:
-    order = run(50, StartTurns(per_turn=1))
-    assert longest_run_of_starts(order) == 1
-    starts = [entry for entry in order if entry.startswith("start")]
-    assert starts == [f"start {number}" for number in range(50)]  # in the order they came
-
-
-def test_a_few_per_turn_and_every_worker_starts_in_order() -> None:
-    order = run(50, StartTurns(per_turn=4))
-    assert longest_run_of_starts(order) == 4
+def test_with_turns_other_work_runs_between_any_two_starts_and_every_worker_starts() -> None:
+    order = run(50, StartTurns())
+    assert starts_back_to_back(order) == 0
     starts = [entry for entry in order if entry.startswith("start")]
     assert starts == [f"start {number}" for number in range(50)]  # in the order they came
