@@ -25,7 +25,6 @@ from paraserve.controller.reconciling.reconcile import CONFLICT_RETRY, Key, Reco
 from paraserve.controller.running import gc_pauses, loop_lag, loop_stalls
 from paraserve.controller.running.cluster_io import ApiError
 from paraserve.controller.running.operator_metrics import OperatorMetrics
-from paraserve.controller.running.start_turns import StartTurns
 from paraserve.controller.running.workqueue import WorkQueue
 
 logger = logging.getLogger("paraserve.controller")
@@ -79,7 +78,6 @@ class Manager:
         self._stopping = False
         self._stop_gc_timing: Callable[[], None] = _nothing
         self._stop_stall_watch: Callable[[], None] = _nothing
-        self._start_turns = StartTurns()
 
     # -- fed by the watch handlers (on the event loop; from a thread they hand off to it) -----
 
@@ -235,7 +233,6 @@ class Manager:
         while True:
             key = await self.queue.get()
             try:
-                await self._start_turns.take()
                 await self._reconcile(key)
             finally:
                 self.queue.done(key)
