@@ -54,6 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from e2e.cluster.local import LocalCluster, running_cluster  # noqa: E402
 
+from paraserve.controller.running import loop_stalls  # noqa: E402
+
 CRD = ROOT / "crds" / "inferencedeployments.paraserve.dev.yaml"
 IMAGE = "registry.invalid/paraserve/worker:bench"
 GROUP, VERSION, PLURAL = "paraserve.dev", "v1alpha1", "inferencedeployments"
@@ -584,14 +586,13 @@ def run(
 
 
 STALLS_SHOWN = 5
-_HELD = re.compile(r"event loop held for ([0-9.]+) s; found in: (.*)$")
 
 
 def held_loop(log: Path) -> list[tuple[float, str]]:
     """The operator's own lines on each stall of its event loop (`loop_stalls`): seconds, where."""
     found = []
     for line in log.read_text(errors="replace").splitlines():
-        match = _HELD.search(line)
+        match = loop_stalls.LOGGED.search(line)
         if match:
             found.append((float(match.group(1)), match.group(2)))
     return found

@@ -1,10 +1,10 @@
 """Where the event loop was while something held it: its thread's stack, sampled from another.
 
 `loop_lag` says how long the loop was held, not by what, and a profiler's samples of the whole
-run do not say which of them fell in the one long stall. Here the loop beats every 0.1 s; a
-watchdog thread that finds the beat older than `HELD` takes the loop thread's stack every 0.1 s
-until the beat comes back, and the loop then logs one line per stall of `HELD` or more: how
-long, and the frames it was found in, the most often first.
+run do not say which of them fell in the one long stall. Here `loop_lag`'s 0.1 s timer also
+beats; a watchdog thread that finds the beat older than half of `HELD` takes the loop thread's
+stack every 0.1 s until the beat comes back, and the loop then logs one line per stall of `HELD`
+or more: how long, and the frames it was found in, the most often first.
 
 The watchdog runs only between the loop's bytecodes or while it waits in C with the GIL released
 (Python hands the GIL over every 5 ms); a single C call that keeps the GIL (a JSON parse of a
@@ -13,9 +13,9 @@ whole listing, a garbage collection) is seen as the frame that made it, once it 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
+import re
 import sys
 import threading
 import time
@@ -28,12 +28,15 @@ logger = logging.getLogger("paraserve.controller")
 
 #: A stall worth a line: nothing of the operator (watches, reconciles, the webhook) ran for 1 s.
 HELD: Final = 1.0
-#: How often the loop beats, and the watchdog looks.
+#: How often the watchdog looks.
 EVERY: Final = 0.1
 #: The innermost frames that name a sample (enough to see the caller of a library).
 DEPTH: Final = 6
 #: The distinct stacks a line shows.
 SHOWN: Final = 3
+#: The line logged per stall, and how a reader of the log finds it again: seconds, stacks.
+LINE: Final = "event loop held for %.2f s; found in: %s"
+LOGGED: Final = re.compile(r"event loop held for ([0-9.]+) s; found in: (.*)$")
 
 
 def where(frame: FrameType) -> str:
@@ -46,7 +49,7 @@ def where(frame: FrameType) -> str:
 
 
 class StallWatch:
-    """Beats on the loop; a daemon thread samples the loop's stack while the beat is late."""
+    """Beaten on the loop; a daemon thread samples the loop's stack while the beat is late."""
 
     def __init__(self, held: float = HELD, every: float = EVERY) -> None:
         self.held = held
@@ -88,11 +91,4 @@ class StallWatch:
 
 def log_stall(seconds: float, stacks: list[tuple[str, int]]) -> None:
     found = "; ".join(f"{count}× {stack}" for stack, count in stacks) or "no sample taken"
-    logger.warning("event loop held for %.2f s; found in: %s", seconds, found)
-
-
-async def beat_forever(watch: StallWatch) -> None:
-    """The loop's side: a beat every `watch.every` seconds (a task on the loop)."""
-    while True:
-        await asyncio.sleep(watch.every)
-        watch.beat()
+    logger.warning(LINE, seconds, found)

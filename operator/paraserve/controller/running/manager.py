@@ -178,13 +178,17 @@ class Manager:
         for number in range(workers):
             self._spawn(f"reconcile-{number}", self._work)
         self._spawn("resync", self._resync)
-        self._spawn("loop-lag", lambda: loop_lag.sample(self.metrics.observe_loop_lag))
+        stalls = loop_stalls.StallWatch()
+        self._stop_stall_watch = stalls.start(loop_stalls.log_stall)
+
+        def observe_loop_lag(lag: float) -> None:
+            self.metrics.observe_loop_lag(lag)
+            stalls.beat()  # the same timer tells the watchdog the loop is free
+
+        self._spawn("loop-lag", lambda: loop_lag.sample(observe_loop_lag))
         pauses = gc_pauses.GcPauses()
         self._stop_gc_timing = pauses.install()
         self._spawn("gc-pauses", lambda: gc_pauses.report(pauses, self.metrics.observe_gc_pause))
-        stalls = loop_stalls.StallWatch()
-        self._stop_stall_watch = stalls.start(loop_stalls.log_stall)
-        self._spawn("loop-stalls", lambda: loop_stalls.beat_forever(stalls))
 
     async def stop(self) -> None:
         self._stopping = True

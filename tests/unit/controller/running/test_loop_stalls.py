@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
-from paraserve.controller.running.loop_stalls import StallWatch, beat_forever
+from paraserve.controller.running import loop_lag
+from paraserve.controller.running.loop_stalls import StallWatch
 
 
 def hold_the_loop_in_python(seconds: float) -> int:
@@ -16,16 +18,18 @@ def hold_the_loop_in_python(seconds: float) -> int:
     return turns
 
 
-def run_with_watch(body: object, held: float = 0.2) -> list[tuple[float, list[tuple[str, int]]]]:
+def run_with_watch(
+    body: Callable[[], Awaitable[None]], held: float = 0.2
+) -> list[tuple[float, list[tuple[str, int]]]]:
     reports: list[tuple[float, list[tuple[str, int]]]] = []
     watch = StallWatch(held=held, every=0.02)
 
     async def main() -> None:
         stop = watch.start(lambda seconds, stacks: reports.append((seconds, stacks)))
-        beating = asyncio.create_task(beat_forever(watch))
+        beating = asyncio.create_task(loop_lag.sample(lambda _: watch.beat(), every=0.02))
         try:
             await asyncio.sleep(0.1)
-            await body()  # type: ignore[operator]
+            await body()
             await asyncio.sleep(0.1)
         finally:
             beating.cancel()
